@@ -1,0 +1,60 @@
+"""h2pool: an asyncio HTTP/2 client connection pool with explicit stream slots."""
+
+from .config import PoolConfig
+from .exceptions import (
+    AcquireTimeout,
+    ALPNError,
+    ConnectError,
+    ConnectionClosed,
+    ConnectionLost,
+    ConnectionTerminated,
+    ConnectTimeout,
+    H2PoolError,
+    H2PoolTimeout,
+    InvalidRequest,
+    PoolClosed,
+    ProtocolError,
+    ReadTimeout,
+    RequestBodyError,
+    RequestTimeout,
+    StreamReset,
+    TLSError,
+    WriteTimeout,
+)
+from .handle import Handle, ResponseHead
+from .headers import Headers
+from .origin import Origin
+from .pool import OriginStats, Pool, PoolStats
+from .response import Response
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALPNError",
+    "AcquireTimeout",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionClosed",
+    "ConnectionLost",
+    "ConnectionTerminated",
+    "H2PoolError",
+    "H2PoolTimeout",
+    "Handle",
+    "Headers",
+    "InvalidRequest",
+    "Origin",
+    "OriginStats",
+    "Pool",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolStats",
+    "ProtocolError",
+    "ReadTimeout",
+    "RequestBodyError",
+    "RequestTimeout",
+    "Response",
+    "ResponseHead",
+    "StreamReset",
+    "TLSError",
+    "WriteTimeout",
+]

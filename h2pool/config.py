@@ -1,0 +1,59 @@
+"""Pool options, validated once.
+
+All knobs live in one frozen dataclass so that a connection reads plain
+attributes on its hot paths and a bad value fails when the pool is made, not
+on the thousandth request. ``docs/tuning.md`` explains each default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+MAX_WINDOW = 2**31 - 1
+MIN_FRAME_SIZE = 2**14
+MAX_FRAME_SIZE = 2**24 - 1
+
+#: Streams a connection may carry before the server's SETTINGS arrive. Go's
+#: and hyper's transports assume the same: a burst before SETTINGS that
+#: overshoots the server's real limit draws GOAWAY (golang/go#39389).
+ASSUMED_PEER_MAX_STREAMS = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PoolConfig:
+    """Every option of :class:`h2pool.Pool`; see ``docs/api.md`` for each."""
+
+    max_connections_per_origin: int = 10
+    max_idle_connections_per_origin: int = 10
+    max_concurrent_streams: int = 1000
+    connect_timeout: float = 10.0
+    acquire_timeout: float = 30.0
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+    idle_timeout: float = 60.0
+    initial_stream_window: int = 1 << 20
+    connection_window: int = 16 << 20
+    max_frame_size: int = MIN_FRAME_SIZE
+    header_table_size: int = 4096
+    max_header_list_size: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections_per_origin", "max_concurrent_streams"):
+            _check_int(name, getattr(self, name), 1, 2**31 - 1)
+        _check_int("max_idle_connections_per_origin", self.max_idle_connections_per_origin, 0, 2**31 - 1)
+        for name in ("connect_timeout", "acquire_timeout", "read_timeout", "write_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0 or math.isinf(value):
+                # An infinite default is how peers end up hanging on a silent server.
+                raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+        _check_int("initial_stream_window", self.initial_stream_window, 1, MAX_WINDOW)
+        _check_int("connection_window", self.connection_window, 65_535, MAX_WINDOW)
+        _check_int("max_frame_size", self.max_frame_size, MIN_FRAME_SIZE, MAX_FRAME_SIZE)
+        _check_int("header_table_size", self.header_table_size, 0, 2**32 - 1)
+        _check_int("max_header_list_size", self.max_header_list_size, 1, 2**32 - 1)
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, not {value!r}")

@@ -1,0 +1,512 @@
+"""One HTTP/2 connection: an ``asyncio.Protocol`` driving h2's state machine.
+
+Bytes flow in one direction each way:
+
+* **In.** ``data_received`` feeds h2 and dispatches every event to its stream
+  synchronously, with no awaits, so PING, SETTINGS and GOAWAY are answered
+  even while no task reads a response. Received DATA is buffered on the
+  stream and acknowledged to the peer only when the consumer takes it.
+* **Out.** Every send goes into h2's buffer and a flush is scheduled with
+  ``call_soon``: all the requests, acknowledgements and window updates of one
+  event-loop iteration leave in one ``transport.write`` (once per request
+  costs about a quarter of the throughput and doubles the server's CPU).
+  Large uploads flush early and respect ``pause_writing``.
+
+Stream slots are counted in :class:`~h2pool.slots.SlotLedger`, moved at the
+exact points where h2's stream states change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+import hpack
+import hyperframe.exceptions
+from h2.errors import ErrorCodes
+from hyperframe.frame import Frame, GoAwayFrame
+
+from .exceptions import (
+    AcquireTimeout,
+    ALPNError,
+    ConnectionLost,
+    ConnectionTerminated,
+    H2PoolError,
+    ProtocolError,
+    StreamReset,
+    WriteTimeout,
+)
+from .slots import SlotLedger
+from .stream import RawHeaders, StreamState
+
+if TYPE_CHECKING:
+    from .config import PoolConfig
+    from .origin import Origin
+
+#: Upload bytes buffered in h2 before a flush is forced rather than waiting
+#: for the next loop iteration, so ``pause_writing`` can push back.
+FLUSH_THRESHOLD = 256 * 1024
+
+_H2_CONFIG = h2.config.H2Configuration(
+    client_side=True,
+    header_encoding=None,
+    # Outbound headers are validated by h2pool.headers before they get here.
+    validate_outbound_headers=False,
+    normalize_outbound_headers=False,
+    validate_inbound_headers=True,
+    normalize_inbound_headers=True,
+)
+
+_PEER_DATA_ERRORS = (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError, hpack.HPACKError)
+
+
+class ClientH2Connection(h2.connection.H2Connection):
+    """h2's connection, draining after GOAWAY as RFC 9113 §6.8 requires.
+
+    h2 4.x moves its connection state machine to CLOSED on any received
+    GOAWAY and then rejects the HEADERS and DATA of streams the server
+    promised to finish, and also discards bytes queued to send, such as
+    WINDOW_UPDATEs those streams need. Here GOAWAY only produces the event;
+    refusing new streams is the pool's job.
+    """
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        try:
+            event.error_code = ErrorCodes(frame.error_code)
+        except ValueError:
+            event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
+
+
+class ConnectionListener(Protocol):
+    """What a connection tells its pool. Every call is synchronous."""
+
+    def on_settled(self, conn: Connection, peer_limit: int) -> None:
+        """The peer's SETTINGS arrived or changed its stream limit."""
+
+    def on_capacity(self, conn: Connection) -> None:
+        """A slot was freed or a stream finished."""
+
+    def on_goaway(self, conn: Connection) -> None:
+        """The peer sent GOAWAY: no new streams here."""
+
+    def on_closed(self, conn: Connection) -> None:
+        """The connection is gone."""
+
+
+class Connection(asyncio.Protocol):
+    """A client HTTP/2 connection to one origin."""
+
+    def __init__(self, origin: Origin, config: PoolConfig, listener: ConnectionListener, peer_limit: int) -> None:
+        self.origin = origin
+        self.origin_str = str(origin)
+        self.config = config
+        self.listener = listener
+        self.slots = SlotLedger(config.max_concurrent_streams, peer_limit)
+        self.loop = asyncio.get_running_loop()
+        #: Resolves when TLS, ALPN and the client preface are done.
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        #: Set once, when the connection can carry nothing more.
+        self.error: H2PoolError | None = None
+        self.goaway: ConnectionTerminated | None = None
+        #: ``loop.time()`` when the last slot was released; None while busy.
+        self.idle_since: float | None = None
+        self.transport: asyncio.Transport | None = None
+        self._h2 = ClientH2Connection(config=_H2_CONFIG)
+        self._streams: dict[int, StreamState] = {}
+        self._flush_scheduled = False
+        self._unflushed = 0
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._open_waiters: deque[asyncio.Future[None]] = deque()
+        self._configure_h2()
+
+    def _configure_h2(self) -> None:
+        codes = h2.settings.SettingCodes
+        config = self.config
+        self._h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                codes.ENABLE_PUSH: 0,
+                codes.INITIAL_WINDOW_SIZE: config.initial_stream_window,
+                codes.MAX_FRAME_SIZE: config.max_frame_size,
+                codes.HEADER_TABLE_SIZE: config.header_table_size,
+                codes.MAX_HEADER_LIST_SIZE: config.max_header_list_size,
+            },
+        )
+        # Settings given as initial values count as acknowledged, so h2 would
+        # not copy them to the decoder and frame reader itself.
+        self._h2.max_inbound_frame_size = config.max_frame_size
+        self._h2.decoder.max_allowed_table_size = config.header_table_size
+        self._h2.decoder.max_header_list_size = config.max_header_list_size
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.origin_str} open={self.slots.open} reserved={self.slots.reserved}>"
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.origin.scheme == "https":
+            ssl_object = transport.get_extra_info("ssl_object")
+            selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if selected != "h2":
+                self._fail(
+                    ALPNError(
+                        f"server selected {selected!r} in ALPN, not 'h2': it does not offer HTTP/2",
+                        origin=self.origin_str,
+                    )
+                )
+                return
+        self._h2.initiate_connection()
+        # RFC 9113 §6.9.2: every connection starts with a 65,535-byte window.
+        extra_window = self.config.connection_window - 65_535
+        if extra_window > 0:
+            self._h2.increment_flow_control_window(extra_window)
+        self._flush()
+        self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self._h2.receive_data(data)
+        except _PEER_DATA_ERRORS as exc:
+            # h2 has queued a GOAWAY naming the error; send it before closing.
+            self._flush()
+            self._fail(ProtocolError(f"server broke the HTTP/2 protocol: {exc}", origin=self.origin_str))
+            return
+        for event in events:
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+        self._schedule_flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self.goaway is not None:
+            self._fail(self.goaway)
+        elif exc is None:
+            self._fail(ConnectionLost("server closed the connection", origin=self.origin_str))
+        else:
+            self._fail(ConnectionLost(f"connection lost: {exc}", origin=self.origin_str))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain_waiters()
+
+    # Events from h2, dispatched synchronously.
+
+    def _on_response(self, event: h2.events.ResponseReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_headers(event.headers)
+
+    def _on_data(self, event: h2.events.DataReceived) -> None:
+        stream_id: int = event.stream_id
+        flow: int = event.flow_controlled_length
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.error is None and event.data:
+            stream.on_data(event.data, flow)
+        elif flow:
+            # Nobody will read it: give the window back at once.
+            self._h2.acknowledge_received_data(flow, stream_id)
+
+    def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_trailers(event.headers)
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream.on_end()
+            if stream.local_closed:
+                self._release_slot(stream)
+
+    def _on_stream_reset(self, event: h2.events.StreamReset) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is not None:
+            stream.reset = True
+            stream.fail(_stream_reset(event.error_code, self.origin_str, stream.stream_id))
+            self._release_slot(stream)
+
+    def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
+        if event.stream_id:
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                stream.wake_sender()
+        else:
+            self._wake_all_senders()
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._wake_all_senders()
+        self.listener.on_settled(self, self._h2.remote_settings.max_concurrent_streams)
+        self._wake_open_waiters()
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        last = event.last_stream_id or 0
+        code = event.error_code if event.error_code is not None else ErrorCodes.NO_ERROR
+        detail = event.additional_data.decode("utf-8", "replace") if event.additional_data else ""
+        self.goaway = ConnectionTerminated(code, last, origin=self.origin_str, detail=detail)
+        self.listener.on_goaway(self)
+        # Streams above last_stream_id were never processed: they end here.
+        for stream in [s for s in self._streams.values() if s.stream_id > last]:
+            stream.reset = True
+            stream.fail(self.goaway.for_stream(stream.stream_id))
+            self._release_slot(stream)
+        self._wake_open_waiters()
+
+    # Used by handles.
+
+    async def wait_ready(self) -> None:
+        """Wait for the connection to be set up; raise its error if it failed."""
+        if not self.ready.done():
+            # Shielded: one waiter's cancellation must not cancel the set-up for all.
+            await asyncio.shield(self.ready)
+        elif self.error is not None:
+            raise self.error.for_stream(None)
+
+    async def open_stream(self, headers: RawHeaders, end_stream: bool, wait_timeout: float) -> StreamState:
+        """Send HEADERS on a reserved slot and return the new stream.
+
+        Waits while the peer's limit is below the open streams (it may have
+        lowered MAX_CONCURRENT_STREAMS after the slot was reserved).
+        """
+        while True:
+            if self.error is not None:
+                raise self.error.for_stream(None)
+            if self.goaway is not None:
+                raise self.goaway.for_stream(None)
+            if self.slots.can_open():
+                break
+            await self._wait_open_room(wait_timeout)
+        try:
+            stream_id = self._h2.get_next_available_stream_id()
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.goaway = ConnectionTerminated(
+                ErrorCodes.NO_ERROR, 2**31 - 1, origin=self.origin_str, detail="stream IDs exhausted"
+            )
+            self.listener.on_goaway(self)
+            raise self.goaway.for_stream(None) from None
+        self._h2.send_headers(stream_id, headers, end_stream=end_stream)
+        stream = StreamState(stream_id)
+        stream.local_closed = end_stream
+        self._streams[stream_id] = stream
+        self.slots.opened()
+        self._schedule_flush()
+        return stream
+
+    async def send_data(self, stream: StreamState, data: bytes, end_stream: bool) -> None:
+        """Send ``data`` within the flow-control windows, waiting for WINDOW_UPDATE as needed."""
+        stream_id = stream.stream_id
+        offset, total = 0, len(data)
+        while offset < total:
+            self._check_sendable(stream)
+            size = min(
+                self._h2.local_flow_control_window(stream_id),
+                self._h2.max_outbound_frame_size,
+                total - offset,
+            )
+            if size <= 0:
+                await stream.wait_sendable(self.config.write_timeout, partial(self._send_timeout, stream_id))
+                continue
+            last = end_stream and offset + size == total
+            self._h2.send_data(stream_id, data[offset : offset + size], end_stream=last)
+            offset += size
+            self._unflushed += size
+            if last:
+                self._local_end(stream)
+            if self._unflushed >= FLUSH_THRESHOLD:
+                self._flush()
+            else:
+                self._schedule_flush()
+            if self._write_paused:
+                await self._wait_drain()
+        if total == 0 and end_stream:
+            self.end_stream(stream)
+
+    def end_stream(self, stream: StreamState) -> None:
+        self._check_sendable(stream)
+        self._h2.end_stream(stream.stream_id)
+        self._local_end(stream)
+        self._schedule_flush()
+
+    def send_trailers(self, stream: StreamState, trailers: RawHeaders) -> None:
+        self._check_sendable(stream)
+        self._h2.send_headers(stream.stream_id, trailers, end_stream=True)
+        self._local_end(stream)
+        self._schedule_flush()
+
+    def consumed(self, stream: StreamState, flow_controlled_length: int) -> None:
+        """The consumer took data: hand its window back to the peer."""
+        if flow_controlled_length and self.error is None:
+            self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
+            self._schedule_flush()
+
+    def finish(self, stream: StreamState, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """The handle is done with ``stream``: reset it if still open, return unread window."""
+        if not stream.closed:
+            stream.reset = True
+            if self.error is None:
+                self._h2.reset_stream(stream.stream_id, error_code)
+                self._schedule_flush()
+            self._release_slot(stream)
+        unread = sum(flow for _, flow in stream.chunks)
+        stream.chunks.clear()
+        stream.buffered = 0
+        if unread and self.error is None:
+            self._h2.acknowledge_received_data(unread, stream.stream_id)
+            self._schedule_flush()
+
+    def unreserve(self) -> None:
+        """A handle gives back a slot it never used."""
+        self.slots.unreserve()
+        self.listener.on_capacity(self)
+
+    def close(self, error: H2PoolError) -> None:
+        """Close now: GOAWAY to the peer, ``error`` to every stream still running."""
+        if self.transport is not None and self.error is None and self.ready.done():
+            self._h2.close_connection()
+            self._flush()
+        self._fail(error)
+
+    @property
+    def streams_buffered(self) -> int:
+        """Received bytes waiting for consumers, over all streams."""
+        return sum(stream.buffered for stream in self._streams.values())
+
+    # Internals.
+
+    def _check_sendable(self, stream: StreamState) -> None:
+        if stream.error is not None:
+            raise stream.error.for_stream(stream.stream_id)
+        if self.error is not None:
+            raise self.error.for_stream(stream.stream_id)
+        if stream.local_closed:
+            raise RuntimeError(f"stream {stream.stream_id}: the request was already ended")
+
+    def _send_timeout(self, stream_id: int) -> H2PoolError:
+        timeout = self.config.write_timeout
+        return WriteTimeout(
+            f"the server gave no send window within {timeout} s", origin=self.origin_str, stream_id=stream_id
+        )
+
+    def _local_end(self, stream: StreamState) -> None:
+        stream.local_closed = True
+        if stream.remote_closed:
+            self._release_slot(stream)
+
+    def _release_slot(self, stream: StreamState) -> None:
+        if stream.slot_released:
+            return
+        stream.slot_released = True
+        self._streams.pop(stream.stream_id, None)
+        self.slots.closed()
+        self._wake_open_waiters()
+        self.listener.on_capacity(self)
+
+    async def _wait_open_room(self, timeout: float) -> None:
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._open_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise AcquireTimeout(
+                f"the server's stream limit ({self.slots.peer_limit}) left no room within {timeout} s",
+                origin=self.origin_str,
+            ) from None
+        finally:
+            if waiter in self._open_waiters:
+                self._open_waiters.remove(waiter)
+
+    def _wake_open_waiters(self) -> None:
+        while self._open_waiters:
+            waiter = self._open_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait_drain(self) -> None:
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        self._drain_waiters.append(waiter)
+        timeout = self.config.write_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise WriteTimeout(f"the socket did not drain within {timeout} s", origin=self.origin_str) from None
+        if self.error is not None:
+            raise self.error.for_stream(None)
+
+    def _wake_drain_waiters(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _wake_all_senders(self) -> None:
+        for stream in self._streams.values():
+            stream.wake_sender()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._unflushed = 0
+        data = self._h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def _fail(self, error: H2PoolError) -> None:
+        """The connection is finished: fail what still runs on it and tell the pool."""
+        if self.error is not None:
+            return
+        self.error = error
+        if not self.ready.done():
+            self.ready.set_exception(error)
+            # Marks the exception as retrieved; waiters get copies.
+            self.ready.exception()
+        for stream in list(self._streams.values()):
+            stream.fail(error.for_stream(stream.stream_id))
+            if not stream.slot_released:
+                stream.slot_released = True
+                self.slots.closed()
+        self._streams.clear()
+        self._wake_open_waiters()
+        self._wake_drain_waiters()
+        if self.transport is not None:
+            self.transport.close()
+        self.listener.on_closed(self)
+
+
+def _stream_reset(code: Any, origin: str, stream_id: int) -> H2PoolError:
+    return StreamReset(code if code is not None else ErrorCodes.INTERNAL_ERROR, origin=origin, stream_id=stream_id)
+
+
+_HANDLERS: dict[type[h2.events.Event], Any] = {
+    h2.events.ResponseReceived: Connection._on_response,
+    h2.events.DataReceived: Connection._on_data,
+    h2.events.TrailersReceived: Connection._on_trailers,
+    h2.events.StreamEnded: Connection._on_stream_ended,
+    h2.events.StreamReset: Connection._on_stream_reset,
+    h2.events.WindowUpdated: Connection._on_window_updated,
+    h2.events.RemoteSettingsChanged: Connection._on_settings,
+    h2.events.ConnectionTerminated: Connection._on_goaway,
+}

@@ -1,0 +1,196 @@
+"""Handles: a reserved stream slot that a caller drives as one HTTP/2 stream.
+
+A handle exists once the pool has reserved a slot on a connection that is
+set up. Sending HEADERS turns the slot into a stream with an ID; releasing
+the handle (leaving ``async with pool.acquire(...)``) resets the stream with
+CANCEL if it is still open and gives back any window held by unread data,
+so no exit path can leak a slot or a piece of the connection window.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from h2.errors import ErrorCodes
+
+from .exceptions import H2PoolError, ProtocolError, ReadTimeout, RequestTimeout
+from .headers import HeaderInput, Headers, RawHeaders, plain_headers, request_headers, response_head, trailer_headers
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .origin import Origin
+    from .stream import StreamState
+
+
+class ResponseHead(NamedTuple):
+    """The final response's status and headers (1xx responses are skipped)."""
+
+    status: int
+    headers: Headers
+
+
+class Handle:
+    """One reserved stream slot on one connection.
+
+    ``deadline`` (event-loop time, or None) bounds every wait of the handle
+    on top of the per-event ``read_timeout``; ``pool.request(timeout=...)``
+    sets it.
+    """
+
+    __slots__ = ("_conn", "_released", "_stream", "deadline")
+
+    def __init__(self, conn: Connection, deadline: float | None = None) -> None:
+        self._conn = conn
+        self._stream: StreamState | None = None
+        self._released = False
+        self.deadline = deadline
+
+    def __repr__(self) -> str:
+        return f"<Handle {self._conn.origin_str} stream={self.stream_id}>"
+
+    @property
+    def origin(self) -> Origin:
+        return self._conn.origin
+
+    @property
+    def stream_id(self) -> int | None:
+        """The HTTP/2 stream ID, once headers are sent."""
+        return self._stream.stream_id if self._stream is not None else None
+
+    @property
+    def trailers(self) -> Headers | None:
+        """The response trailers, once the body has been read to its end (None if there were none)."""
+        stream = self._stream
+        if stream is None or stream.trailers is None:
+            return None
+        return plain_headers(stream.trailers)
+
+    # Sending.
+
+    async def send_headers(
+        self, method: str, path: str, headers: HeaderInput = None, *, end_stream: bool = False
+    ) -> int:
+        """Send the request's HEADERS; returns the new stream ID.
+
+        ``path`` is the ``:path`` (with query); ``:authority`` comes from the
+        origin unless ``headers`` has a ``host``.
+        """
+        return await self.send_block(request_headers(method, self._conn.origin, path, headers), end_stream=end_stream)
+
+    async def send_block(self, block: RawHeaders, *, end_stream: bool = False) -> int:
+        """Send a header block already built by :func:`h2pool.headers.request_headers`."""
+        if self._stream is not None:
+            raise RuntimeError(f"{self!r}: headers were already sent")
+        self._check_held()
+        self._stream = await self._conn.open_stream(block, end_stream, self._conn.config.acquire_timeout)
+        return self._stream.stream_id
+
+    async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:
+        """Send body bytes within the flow-control windows (waits for WINDOW_UPDATE)."""
+        await self._conn.send_data(self._sent_stream(), bytes(data), end_stream)
+
+    async def end_stream(self) -> None:
+        """End the request body with an empty DATA frame."""
+        self._conn.end_stream(self._sent_stream())
+
+    async def send_trailers(self, headers: HeaderInput) -> None:
+        """Send trailers; this ends the request."""
+        self._conn.send_trailers(self._sent_stream(), trailer_headers(headers, self._conn.origin))
+
+    # Receiving.
+
+    async def read_headers(self) -> ResponseHead:
+        """Wait for the final response's status and headers."""
+        stream = self._sent_stream()
+        while stream.head is None:
+            if stream.error is not None:
+                raise stream.error.for_stream(stream.stream_id)
+            await self._wait(stream)
+        try:
+            status, headers = response_head(stream.head, origin=self._conn.origin_str, stream_id=stream.stream_id)
+        except ProtocolError:
+            self._conn.finish(stream, ErrorCodes.PROTOCOL_ERROR)
+            raise
+        return ResponseHead(status, headers)
+
+    async def read_data(self) -> bytes:
+        """The next chunk of the response body; ``b""`` once it has ended.
+
+        Taking a chunk acknowledges it to the server, so the server can send
+        only as far ahead of the consumer as the stream window allows.
+        """
+        stream = self._sent_stream()
+        while True:
+            if stream.chunks:
+                data, flow_controlled_length = stream.take_chunk()
+                self._conn.consumed(stream, flow_controlled_length)
+                return data
+            if stream.remote_closed:
+                return b""
+            if stream.error is not None:
+                raise stream.error.for_stream(stream.stream_id)
+            await self._wait(stream)
+
+    # Ending.
+
+    def reset(self, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
+        """Reset the stream (RST_STREAM with ``error_code``) if it is still open."""
+        if self._stream is not None:
+            self._conn.finish(self._stream, error_code)
+
+    def fail(self, error: H2PoolError) -> None:
+        """Abandon the stream because of a local ``error``, which its reader will raise."""
+        if self._stream is not None:
+            self._conn.finish(self._stream)
+            self._stream.fail(error)
+
+    def release(self) -> None:
+        """Give the slot back; idempotent. Open streams are reset with CANCEL."""
+        if self._released:
+            return
+        self._released = True
+        if self._stream is None:
+            self._conn.unreserve()
+        else:
+            self._conn.finish(self._stream)
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    @property
+    def response_complete(self) -> bool:
+        """Whether the server has ended its side of the stream."""
+        return self._stream is not None and self._stream.remote_closed
+
+    # Internals.
+
+    def _check_held(self) -> None:
+        if self._released:
+            raise RuntimeError(f"{self!r} was already released")
+
+    def _sent_stream(self) -> StreamState:
+        self._check_held()
+        if self._stream is None:
+            raise RuntimeError(f"{self!r}: send the request headers first")
+        return self._stream
+
+    async def _wait(self, stream: StreamState) -> None:
+        timeout = self._conn.config.read_timeout
+        if self.deadline is not None:
+            remaining = self.deadline - self._conn.loop.time()
+            if remaining < timeout:
+                await stream.wait_readable(max(remaining, 0.0), self._request_timeout)
+                return
+        await stream.wait_readable(timeout, self._read_timeout)
+
+    def _read_timeout(self) -> H2PoolError:
+        timeout = self._conn.config.read_timeout
+        return ReadTimeout(
+            f"no response data within {timeout} s", origin=self._conn.origin_str, stream_id=self.stream_id
+        )
+
+    def _request_timeout(self) -> H2PoolError:
+        return RequestTimeout(
+            "the request's total timeout expired", origin=self._conn.origin_str, stream_id=self.stream_id
+        )

@@ -1,0 +1,530 @@
+"""The pool: connections per origin, stream slots handed out as handles.
+
+Acquiring is synchronous whenever a connection of the origin has a free slot
+(:class:`~h2pool.slots.OriginSlots` finds it in O(1)); only a caller that
+finds none awaits anything. Then, in order: a new connection is dialled if
+the origin may have one more (a connection still connecting counts as
+capacity), else the caller queues FIFO until a slot frees or
+``acquire_timeout`` passes. Dials run as tasks of the pool, not of the
+caller, so a cancelled caller never leaves a half-made connection behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Union
+
+from .config import PoolConfig
+from .connection import Connection
+from .exceptions import (
+    AcquireTimeout,
+    ConnectError,
+    ConnectionClosed,
+    ConnectTimeout,
+    H2PoolError,
+    InvalidRequest,
+    PoolClosed,
+    RequestBodyError,
+    RequestTimeout,
+    TLSError,
+)
+from .handle import Handle
+from .headers import HeaderInput, request_headers
+from .origin import Origin, parse_origin, parse_url
+from .response import Response
+from .slots import OriginSlots
+from .tls import prepare_context
+
+RequestContent = Union[bytes, bytearray, memoryview, AsyncIterable[bytes], None]
+
+#: Bodies up to this size are sent before reading the response; larger ones
+#: (and streamed ones) go in a task, so a server that answers early, or
+#: waits for the whole body, never deadlocks against our sending.
+INLINE_BODY_LIMIT = 64 * 1024
+
+
+@dataclass(frozen=True)
+class OriginStats:
+    """A snapshot of one origin."""
+
+    connections: int
+    connecting: int
+    streams_open: int
+    slots_reserved: int
+    waiting: int
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """A snapshot of the pool, as :meth:`Pool.stats` returns it.
+
+    ``connections`` counts set-up sockets, ``streams_open`` streams in
+    flight (HEADERS sent, not closed), ``slots_reserved`` handles not yet
+    sent, ``waiting`` callers queued for a slot.
+    """
+
+    connections: int
+    connecting: int
+    streams_open: int
+    slots_reserved: int
+    waiting: int
+    origins: dict[str, OriginStats] = field(default_factory=dict)
+
+
+class _OriginState:
+    __slots__ = ("dials", "origin", "slots", "waiters")
+
+    def __init__(self, origin: Origin, max_connections: int) -> None:
+        self.origin = origin
+        self.slots: OriginSlots[Connection] = OriginSlots(max_connections)
+        self.waiters: deque[asyncio.Future[Connection]] = deque()
+        self.dials: set[asyncio.Task[None]] = set()
+
+
+class Pool:
+    """An HTTP/2 client connection pool. See ``docs/api.md``.
+
+    Use as ``async with Pool() as pool:`` or call :meth:`aclose`. Options are
+    the fields of :class:`~h2pool.config.PoolConfig`.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None, **options: Any) -> None:
+        self.config = PoolConfig(**options)
+        self._ssl_context = prepare_context(ssl_context)
+        self._origins: dict[Origin, _OriginState] = {}
+        self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # Public API.
+
+    def acquire(self, origin: str | Origin) -> AcquireContext:
+        """``async with pool.acquire(origin) as handle``: a reserved stream slot."""
+        return AcquireContext(self, parse_origin(origin))
+
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: HeaderInput = None,
+        content: RequestContent = None,
+        timeout: float | None = None,
+    ) -> StreamContext:
+        """``async with pool.stream(...) as response``: the body is read inside the block."""
+        return StreamContext(self, method, url, headers, content, timeout)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: HeaderInput = None,
+        content: RequestContent = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """Send a request and read the whole response.
+
+        ``timeout`` bounds the whole request (acquire, send, receive) on top
+        of the pool's per-step timeouts.
+        """
+        async with StreamContext(self, method, url, headers, content, timeout) as response:
+            await response.aread()
+        return response
+
+    def stats(self) -> PoolStats:
+        """Counts of connections, streams and waiters, in total and per origin."""
+        origins = {}
+        for origin, state in self._origins.items():
+            conns = list(state.slots.ledgers)
+            ready = sum(1 for conn in conns if conn.ready.done() and conn.error is None)
+            origins[str(origin)] = OriginStats(
+                connections=ready,
+                connecting=sum(1 for conn in conns if not conn.ready.done()),
+                streams_open=state.slots.open_streams,
+                slots_reserved=state.slots.reserved,
+                waiting=sum(1 for waiter in state.waiters if not waiter.done()),
+            )
+        values = origins.values()
+        return PoolStats(
+            connections=sum(o.connections for o in values),
+            connecting=sum(o.connecting for o in values),
+            streams_open=sum(o.streams_open for o in values),
+            slots_reserved=sum(o.slots_reserved for o in values),
+            waiting=sum(o.waiting for o in values),
+            origins=origins,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def aclose(self) -> None:
+        """Close every connection and fail every waiter with :class:`PoolClosed`."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        dials: list[asyncio.Task[None]] = []
+        for state in list(self._origins.values()):
+            error = PoolClosed("the pool was closed", origin=str(state.origin))
+            self._fail_waiters(state, error)
+            dials.extend(state.dials)
+            for task in state.dials:
+                task.cancel()
+            for conn in list(state.slots.ledgers):
+                conn.close(error)
+        if dials:
+            await asyncio.gather(*dials, return_exceptions=True)
+        self._origins.clear()
+        # Let the transports' close callbacks run before the caller moves on.
+        await asyncio.sleep(0)
+
+    # Acquiring slots.
+
+    async def _acquire(self, origin: Origin, deadline: float | None = None) -> Handle:
+        if self._closed:
+            raise PoolClosed("the pool is closed", origin=str(origin))
+        state = self._origins.get(origin)
+        if state is None:
+            state = self._origins[origin] = _OriginState(origin, self.config.max_connections_per_origin)
+        conn = state.slots.reserve()
+        if conn is None and state.slots.may_dial():
+            self._dial(state)
+            conn = state.slots.reserve()
+        if conn is None:
+            conn = await self._wait_for_slot(state, deadline)
+        conn.idle_since = None
+        if not conn.ready.done() or conn.error is not None:
+            try:
+                await conn.wait_ready()
+            except BaseException:
+                conn.unreserve()
+                raise
+        return Handle(conn, deadline)
+
+    async def _wait_for_slot(self, state: _OriginState, deadline: float | None) -> Connection:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Connection] = loop.create_future()
+        state.waiters.append(waiter)
+        timeout = self.config.acquire_timeout
+        bound_by_deadline = deadline is not None and deadline - loop.time() < timeout
+        try:
+            async with asyncio.timeout(deadline if bound_by_deadline else loop.time() + timeout):
+                return await waiter
+        except TimeoutError:
+            _return_granted_slot(waiter)
+            if bound_by_deadline:
+                raise RequestTimeout(
+                    "the request's total timeout expired waiting for a slot", origin=str(state.origin)
+                ) from None
+            raise AcquireTimeout(f"no stream slot free within {timeout} s", origin=str(state.origin)) from None
+        except asyncio.CancelledError:
+            _return_granted_slot(waiter)
+            raise
+
+    def _serve(self, state: _OriginState) -> None:
+        """Hand free slots to waiters in FIFO order, dialling where allowed."""
+        waiters = state.waiters
+        slots = state.slots
+        while waiters:
+            waiter = waiters[0]
+            if waiter.done():
+                waiters.popleft()
+                continue
+            conn = slots.reserve()
+            if conn is None:
+                if self._closed or not slots.may_dial():
+                    return
+                self._dial(state)
+                continue
+            waiters.popleft()
+            waiter.set_result(conn)
+
+    def _fail_waiters(self, state: _OriginState, error: H2PoolError) -> None:
+        while state.waiters:
+            waiter = state.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error.for_stream(None))
+
+    # Connections.
+
+    def _dial(self, state: _OriginState) -> Connection:
+        conn = Connection(state.origin, self.config, self, state.slots.initial_peer_limit())
+        state.slots.add(conn, conn.slots)
+        task = asyncio.get_running_loop().create_task(self._connect(conn))
+        state.dials.add(task)
+        task.add_done_callback(state.dials.discard)
+        return conn
+
+    async def _connect(self, conn: Connection) -> None:
+        origin = conn.origin
+        where = str(origin)
+        loop = asyncio.get_running_loop()
+        timeout = self.config.connect_timeout
+        error: H2PoolError
+        try:
+            async with asyncio.timeout(timeout):
+                if origin.scheme == "https":
+                    await loop.create_connection(
+                        lambda: conn, origin.host, origin.port, ssl=self._ssl_context, server_hostname=origin.host
+                    )
+                else:
+                    await loop.create_connection(lambda: conn, origin.host, origin.port)
+                return
+        except TimeoutError:
+            error = ConnectTimeout(f"connection not set up within {timeout} s", origin=where)
+        except ssl.SSLCertVerificationError as exc:
+            error = TLSError(f"certificate verification failed: {exc.verify_message}", origin=where)
+        except ssl.SSLError as exc:
+            error = TLSError(f"TLS handshake failed: {exc}", origin=where)
+        except OSError as exc:
+            error = ConnectError(f"could not connect: {exc}", origin=where)
+        except asyncio.CancelledError:
+            conn.close(PoolClosed("the pool was closed while connecting", origin=where))
+            raise
+        error.__cause__ = None
+        conn.close(error)
+
+    # ConnectionListener: called synchronously by connections.
+
+    def _state_of(self, conn: Connection) -> _OriginState | None:
+        state = self._origins.get(conn.origin)
+        if state is None or conn not in state.slots.ledgers:
+            return None
+        return state
+
+    def on_settled(self, conn: Connection, peer_limit: int) -> None:
+        state = self._state_of(conn)
+        if state is not None:
+            state.slots.settle(conn, peer_limit)
+            self._serve(state)
+
+    def on_capacity(self, conn: Connection) -> None:
+        state = self._state_of(conn)
+        if state is None:
+            return
+        state.slots.refresh(conn)
+        if state.waiters:
+            self._serve(state)
+        if conn.slots.busy == 0:
+            if not conn.slots.accepting:
+                conn.close(ConnectionClosed("connection drained and closed", origin=conn.origin_str))
+            else:
+                self._went_idle(state, conn)
+
+    def on_goaway(self, conn: Connection) -> None:
+        state = self._state_of(conn)
+        if state is None:
+            return
+        state.slots.stop_accepting(conn)
+        if conn.slots.busy == 0:
+            conn.close(ConnectionClosed("connection closed after GOAWAY", origin=conn.origin_str))
+        elif state.waiters:
+            self._serve(state)
+
+    def on_closed(self, conn: Connection) -> None:
+        state = self._state_of(conn)
+        if state is None:
+            return
+        state.slots.remove(conn)
+        if not state.waiters:
+            return
+        never_ready = conn.ready.done() and conn.ready.exception() is not None
+        if never_ready and not state.slots.ledgers and conn.error is not None:
+            # The origin is unreachable: waiting on would only end in AcquireTimeout.
+            self._fail_waiters(state, conn.error)
+        else:
+            self._serve(state)
+
+    # Idle connections.
+
+    def _went_idle(self, state: _OriginState, conn: Connection) -> None:
+        loop = conn.loop
+        conn.idle_since = loop.time()
+        idle = sum(1 for other in state.slots.ledgers if other.idle_since is not None)
+        if idle > self.config.max_idle_connections_per_origin:
+            state.slots.stop_accepting(conn)
+            conn.close(
+                ConnectionClosed(
+                    "closed: more idle connections than max_idle_connections_per_origin", origin=conn.origin_str
+                )
+            )
+            return
+        if self._sweeper is None:
+            self._sweeper = loop.call_at(conn.idle_since + self.config.idle_timeout, self._sweep_idle)
+
+    def _sweep_idle(self) -> None:
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.config.idle_timeout
+        next_expiry: float | None = None
+        for state in list(self._origins.values()):
+            for conn in list(state.slots.ledgers):
+                since = conn.idle_since
+                if since is None or conn.slots.busy:
+                    continue
+                if since + timeout <= now:
+                    state.slots.stop_accepting(conn)
+                    conn.close(ConnectionClosed(f"closed after {timeout} s idle", origin=conn.origin_str))
+                elif next_expiry is None or since + timeout < next_expiry:
+                    next_expiry = since + timeout
+            if not state.slots.ledgers and not state.waiters and not state.dials:
+                del self._origins[state.origin]
+        if next_expiry is not None and not self._closed:
+            self._sweeper = loop.call_at(next_expiry, self._sweep_idle)
+
+    # Requests.
+
+    async def _open_response(self, ctx: StreamContext) -> Response:
+        target = parse_url(ctx.url)
+        block = request_headers(ctx.method, target.origin, target.path, ctx.headers)
+        body = _body_of(ctx.content, target.origin)
+        handle = await self._acquire(target.origin, ctx.deadline)
+        ctx.handle = handle
+        await handle.send_block(block, end_stream=not body)
+        if isinstance(body, bytes) and len(body) <= INLINE_BODY_LIMIT:
+            await handle.send_data(body, end_stream=True)
+        elif body:
+            ctx.body_task = asyncio.get_running_loop().create_task(_send_body(handle, body))
+        status, headers = await handle.read_headers()
+        return Response(handle, status, headers)
+
+
+def _return_granted_slot(waiter: asyncio.Future[Connection]) -> None:
+    """A waiter gave up after a slot was granted to it: give the slot back."""
+    if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+        waiter.result().unreserve()
+    elif not waiter.done():
+        waiter.cancel()
+
+
+def _body_of(content: RequestContent, origin: Origin) -> bytes | AsyncIterable[bytes] | None:
+    if content is None:
+        return None
+    if isinstance(content, bytes):
+        return content
+    if isinstance(content, bytearray | memoryview):
+        return bytes(content)
+    if isinstance(content, AsyncIterable):
+        return content
+    raise InvalidRequest(
+        f"content must be bytes or an async iterable of bytes, not {type(content).__name__}", origin=str(origin)
+    )
+
+
+async def _send_body(handle: Handle, body: bytes | AsyncIterable[bytes]) -> None:
+    """Send a request body while the response is being read."""
+    try:
+        if isinstance(body, bytes):
+            await handle.send_data(body, end_stream=True)
+            return
+        async for chunk in body:
+            if not isinstance(chunk, bytes | bytearray | memoryview):
+                raise InvalidRequest(
+                    f"request body chunks must be bytes, not {type(chunk).__name__}", origin=str(handle.origin)
+                )
+            if chunk:
+                await handle.send_data(chunk)
+        await handle.end_stream()
+    except H2PoolError as exc:
+        if not handle.response_complete:
+            handle.fail(exc)
+    except Exception as exc:
+        error = RequestBodyError(
+            f"the request body raised {exc!r}", origin=str(handle.origin), stream_id=handle.stream_id
+        )
+        error.__cause__ = exc
+        handle.fail(error)
+
+
+class AcquireContext:
+    """What :meth:`Pool.acquire` returns: ``async with`` yields a :class:`Handle`."""
+
+    __slots__ = ("_handle", "_origin", "_pool")
+
+    def __init__(self, pool: Pool, origin: Origin) -> None:
+        self._pool = pool
+        self._origin = origin
+        self._handle: Handle | None = None
+
+    async def __aenter__(self) -> Handle:
+        self._handle = await self._pool._acquire(self._origin)
+        return self._handle
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._handle is not None:
+            self._handle.release()
+
+
+class StreamContext:
+    """What :meth:`Pool.stream` returns: ``async with`` yields a :class:`Response`."""
+
+    __slots__ = ("body_task", "content", "deadline", "handle", "headers", "method", "pool", "timeout", "url")
+
+    def __init__(
+        self, pool: Pool, method: str, url: str, headers: HeaderInput, content: RequestContent, timeout: float | None
+    ) -> None:
+        self.pool = pool
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.content = content
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.handle: Handle | None = None
+        self.body_task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Response:
+        if self.timeout is None:
+            try:
+                return await self.pool._open_response(self)
+            except BaseException:
+                self._finish()
+                raise
+        self.deadline = asyncio.get_running_loop().time() + self.timeout
+        try:
+            async with asyncio.timeout_at(self.deadline) as scope:
+                return await self.pool._open_response(self)
+        except BaseException as exc:
+            self._finish()
+            if isinstance(exc, TimeoutError) and scope.expired():
+                raise RequestTimeout(
+                    f"no response within the request's timeout of {self.timeout} s", origin=_origin_of(self.url)
+                ) from None
+            raise
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.body_task is not None and not self.body_task.done():
+            self.body_task.cancel()
+        if self.handle is not None:
+            self.handle.release()
+
+
+def _origin_of(url: str) -> str:
+    try:
+        return str(parse_url(url).origin)
+    except InvalidRequest:
+        return ""

@@ -1,0 +1,136 @@
+"""The receiving side of one HTTP/2 stream.
+
+The connection's reader pushes events in synchronously (``on_*``); the task
+that owns the stream pulls them out. Received DATA stays here, counted, until
+the consumer takes it: only then is it acknowledged to the peer (see
+``Connection.consumed``), so a slow consumer never makes the client hold
+more than the stream's window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from .exceptions import H2PoolError
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def _expire(waiter: asyncio.Future[None], make_error: Callable[[], H2PoolError]) -> None:
+    if not waiter.done():
+        waiter.set_exception(make_error())
+
+
+class StreamState:
+    """What has arrived on a stream, and who is waiting for more."""
+
+    __slots__ = (
+        "_reader",
+        "_sender",
+        "buffered",
+        "chunks",
+        "error",
+        "head",
+        "local_closed",
+        "remote_closed",
+        "reset",
+        "slot_released",
+        "stream_id",
+        "trailers",
+    )
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+        self.head: RawHeaders | None = None
+        self.trailers: RawHeaders | None = None
+        #: (payload, flow-controlled length) pairs not yet taken by the consumer.
+        self.chunks: deque[tuple[bytes, int]] = deque()
+        #: Payload bytes held in ``chunks``.
+        self.buffered = 0
+        self.remote_closed = False
+        self.local_closed = False
+        #: Reset by either side; the stream is closed in h2.
+        self.reset = False
+        self.slot_released = False
+        self.error: H2PoolError | None = None
+        self._reader: asyncio.Future[None] | None = None
+        self._sender: asyncio.Future[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """Closed in h2's state machine: both ends done, or reset."""
+        return self.reset or (self.local_closed and self.remote_closed)
+
+    # Called by the connection's reader.
+
+    def on_headers(self, head: RawHeaders) -> None:
+        self.head = head
+        self._wake_reader()
+
+    def on_data(self, data: bytes, flow_controlled_length: int) -> None:
+        self.chunks.append((data, flow_controlled_length))
+        self.buffered += len(data)
+        self._wake_reader()
+
+    def on_trailers(self, trailers: RawHeaders) -> None:
+        self.trailers = trailers
+
+    def on_end(self) -> None:
+        self.remote_closed = True
+        self._wake_reader()
+
+    def fail(self, error: H2PoolError) -> None:
+        """The stream cannot go on; both reader and sender see ``error``."""
+        if self.error is None:
+            self.error = error
+        self._wake_reader()
+        self.wake_sender()
+
+    def wake_sender(self) -> None:
+        sender = self._sender
+        if sender is not None and not sender.done():
+            sender.set_result(None)
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    # Called by the task that owns the stream.
+
+    def take_chunk(self) -> tuple[bytes, int]:
+        data, flow_controlled_length = self.chunks.popleft()
+        self.buffered -= len(data)
+        return data, flow_controlled_length
+
+    async def wait_readable(self, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+        """Wait until the reader has something new; after ``timeout`` s raise ``make_error()``."""
+        self._reader = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await _wait(waiter, timeout, make_error)
+        finally:
+            self._reader = None
+
+    async def wait_sendable(self, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+        """Wait for flow-control window (or an error); after ``timeout`` s raise ``make_error()``."""
+        self._sender = waiter = asyncio.get_running_loop().create_future()
+        try:
+            await _wait(waiter, timeout, make_error)
+        finally:
+            self._sender = None
+
+
+async def _wait(waiter: asyncio.Future[None], timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+    """Wait for ``waiter`` to be woken, or fail it after ``timeout``.
+
+    A bare ``call_later`` costs less than ``asyncio.timeout`` on this path,
+    which runs once per response event that is not yet buffered, and the
+    error is only built if the timer fires.
+    """
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter, make_error)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
