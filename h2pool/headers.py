@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Union, overload
+from typing import overload
 
 from .exceptions import InvalidRequest, ProtocolError
 from .origin import Origin
 
-HeaderValue = Union[str, bytes]
-HeaderInput = Union[Mapping[str, str], Mapping[bytes, bytes], Iterable[tuple[HeaderValue, HeaderValue]], None]
+HeaderValue = str | bytes
+HeaderInput = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[HeaderValue, HeaderValue]] | None
 RawHeaders = list[tuple[bytes, bytes]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")

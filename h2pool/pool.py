@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Union
+from typing import Any
 
 from .config import PoolConfig
 from .connection import Connection
@@ -40,7 +40,7 @@ from .response import Response
 from .slots import OriginSlots
 from .tls import prepare_context
 
-RequestContent = Union[bytes, bytearray, memoryview, AsyncIterable[bytes], None]
+RequestContent = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
 
 #: Bodies up to this size are sent before reading the response; larger ones
 #: (and streamed ones) go in a task, so a server that answers early, or
