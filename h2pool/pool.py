@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -39,6 +39,12 @@ from .origin import Origin, parse_origin, parse_url
 from .response import Response
 from .slots import OriginSlots
 from .tls import prepare_context
+
+#: Replaces TCP and TLS set-up: given a new connection (an asyncio.Protocol),
+#: it must call ``conn.connection_made(transport)``. ``h2pool.testing`` uses it
+#: to attach in-memory peers; OSError and ssl.SSLError it raises count as
+#: connect failures.
+Connector = Callable[[Connection], Awaitable[None]]
 
 RequestContent = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
 
@@ -93,9 +99,12 @@ class Pool:
     the fields of :class:`~h2pool.config.PoolConfig`.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None, **options: Any) -> None:
+    def __init__(
+        self, ssl_context: ssl.SSLContext | None = None, *, connector: Connector | None = None, **options: Any
+    ) -> None:
         self.config = PoolConfig(**options)
         self._ssl_context = prepare_context(ssl_context)
+        self._connector = connector
         self._origins: dict[Origin, _OriginState] = {}
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
@@ -279,7 +288,9 @@ class Pool:
         error: H2PoolError
         try:
             async with asyncio.timeout(timeout):
-                if origin.scheme == "https":
+                if self._connector is not None:
+                    await self._connector(conn)
+                elif origin.scheme == "https":
                     await loop.create_connection(
                         lambda: conn, origin.host, origin.port, ssl=self._ssl_context, server_hostname=origin.host
                     )
