@@ -21,8 +21,8 @@ from .exceptions import (
     TLSError,
     WriteTimeout,
 )
-from .handle import Handle, ResponseHead
-from .headers import Headers
+from .handle import Handle
+from .headers import Headers, ResponseHead
 from .origin import Origin
 from .pool import OriginStats, Pool, PoolStats
 from .response import Response

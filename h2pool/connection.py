@@ -31,8 +31,8 @@ import h2.settings
 import hpack
 import hyperframe.exceptions
 from h2.errors import ErrorCodes
-from hyperframe.frame import Frame, GoAwayFrame
 
+from .client_h2 import ClientH2Connection
 from .exceptions import (
     AcquireTimeout,
     ALPNError,
@@ -43,12 +43,16 @@ from .exceptions import (
     StreamReset,
     WriteTimeout,
 )
+from .headers import RawHeaders, ResponseHead, parse_response_head, parse_trailers
 from .slots import SlotLedger
-from .stream import RawHeaders, StreamState
+from .stream import StreamState
 
 if TYPE_CHECKING:
     from .config import PoolConfig
     from .origin import Origin
+
+#: Distinct response header blocks remembered per connection.
+HEAD_CACHE_ENTRIES = 16
 
 #: Upload bytes buffered in h2 before a flush is forced rather than waiting
 #: for the next loop iteration, so ``pause_writing`` can push back.
@@ -57,35 +61,17 @@ FLUSH_THRESHOLD = 256 * 1024
 _H2_CONFIG = h2.config.H2Configuration(
     client_side=True,
     header_encoding=None,
-    # Outbound headers are validated by h2pool.headers before they get here.
+    # Outbound headers are validated by h2pool.headers before they get here,
+    # and inbound ones there too, once per distinct header block (see
+    # Connection._on_response): h2's per-field validation pipeline costs more
+    # than the rest of the response's handling.
     validate_outbound_headers=False,
     normalize_outbound_headers=False,
-    validate_inbound_headers=True,
-    normalize_inbound_headers=True,
+    validate_inbound_headers=False,
+    normalize_inbound_headers=False,
 )
 
 _PEER_DATA_ERRORS = (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError, hpack.HPACKError)
-
-
-class ClientH2Connection(h2.connection.H2Connection):
-    """h2's connection, draining after GOAWAY as RFC 9113 §6.8 requires.
-
-    h2 4.x moves its connection state machine to CLOSED on any received
-    GOAWAY and then rejects the HEADERS and DATA of streams the server
-    promised to finish, and also discards bytes queued to send, such as
-    WINDOW_UPDATEs those streams need. Here GOAWAY only produces the event;
-    refusing new streams is the pool's job.
-    """
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
-        event = h2.events.ConnectionTerminated()
-        try:
-            event.error_code = ErrorCodes(frame.error_code)
-        except ValueError:
-            event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
 
 
 class ConnectionListener(Protocol):
@@ -122,8 +108,9 @@ class Connection(asyncio.Protocol):
         #: ``loop.time()`` when the last slot was released; None while busy.
         self.idle_since: float | None = None
         self.transport: asyncio.Transport | None = None
-        self._h2 = ClientH2Connection(config=_H2_CONFIG)
+        self._h2 = ClientH2Connection(_H2_CONFIG, self.slots, config.max_header_list_size)
         self._streams: dict[int, StreamState] = {}
+        self._heads: dict[tuple[tuple[bytes, bytes], ...], ResponseHead] = {}
         self._flush_scheduled = False
         self._unflushed = 0
         self._write_paused = False
@@ -148,7 +135,6 @@ class Connection(asyncio.Protocol):
         # not copy them to the decoder and frame reader itself.
         self._h2.max_inbound_frame_size = config.max_frame_size
         self._h2.decoder.max_allowed_table_size = config.header_table_size
-        self._h2.decoder.max_header_list_size = config.max_header_list_size
 
     def __repr__(self) -> str:
         return f"<Connection {self.origin_str} open={self.slots.open} reserved={self.slots.reserved}>"
@@ -210,9 +196,23 @@ class Connection(asyncio.Protocol):
     # Events from h2, dispatched synchronously.
 
     def _on_response(self, event: h2.events.ResponseReceived) -> None:
-        stream = self._streams.get(event.stream_id)
-        if stream is not None:
-            stream.on_headers(event.headers)
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is None:
+            return
+        # Servers send a few distinct header blocks over and over; each is
+        # validated and converted once per connection.
+        key = tuple(event.headers or ())
+        head = self._heads.get(key)
+        if head is None:
+            try:
+                head = parse_response_head(key, origin=self.origin_str, stream_id=stream.stream_id)
+            except ProtocolError as exc:
+                self._malformed(stream, exc)
+                return
+            if len(self._heads) >= HEAD_CACHE_ENTRIES:
+                self._heads.clear()
+            self._heads[key] = head
+        stream.on_headers(head)
 
     def _on_data(self, event: h2.events.DataReceived) -> None:
         stream_id: int = event.stream_id
@@ -225,9 +225,15 @@ class Connection(asyncio.Protocol):
             self._h2.acknowledge_received_data(flow, stream_id)
 
     def _on_trailers(self, event: h2.events.TrailersReceived) -> None:
-        stream = self._streams.get(event.stream_id)
-        if stream is not None:
-            stream.on_trailers(event.headers)
+        stream = self._streams.get(event.stream_id or 0)
+        if stream is None:
+            return
+        try:
+            trailers = parse_trailers(event.headers or (), origin=self.origin_str, stream_id=stream.stream_id)
+        except ProtocolError as exc:
+            self._malformed(stream, exc)
+            return
+        stream.on_trailers(trailers)
 
     def _on_stream_ended(self, event: h2.events.StreamEnded) -> None:
         stream = self._streams.get(event.stream_id)
@@ -391,6 +397,11 @@ class Connection(asyncio.Protocol):
 
     # Internals.
 
+    def _malformed(self, stream: StreamState, error: ProtocolError) -> None:
+        """A malformed response is a stream error (RFC 9113 §8.1.1): reset that stream only."""
+        self.finish(stream, ErrorCodes.PROTOCOL_ERROR)
+        stream.fail(error)
+
     def _check_sendable(self, stream: StreamState) -> None:
         if stream.error is not None:
             raise stream.error.for_stream(stream.stream_id)
@@ -416,6 +427,7 @@ class Connection(asyncio.Protocol):
         stream.slot_released = True
         self._streams.pop(stream.stream_id, None)
         self.slots.closed()
+        self._h2.forget_stream(stream.stream_id)
         self._wake_open_waiters()
         self.listener.on_capacity(self)
 

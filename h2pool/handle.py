@@ -9,24 +9,17 @@ so no exit path can leak a slot or a piece of the connection window.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from h2.errors import ErrorCodes
 
-from .exceptions import H2PoolError, ProtocolError, ReadTimeout, RequestTimeout
-from .headers import HeaderInput, Headers, RawHeaders, plain_headers, request_headers, response_head, trailer_headers
+from .exceptions import H2PoolError, ReadTimeout, RequestTimeout
+from .headers import HeaderInput, Headers, RawHeaders, ResponseHead, request_headers, trailer_headers
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .origin import Origin
     from .stream import StreamState
-
-
-class ResponseHead(NamedTuple):
-    """The final response's status and headers (1xx responses are skipped)."""
-
-    status: int
-    headers: Headers
 
 
 class Handle:
@@ -61,9 +54,7 @@ class Handle:
     def trailers(self) -> Headers | None:
         """The response trailers, once the body has been read to its end (None if there were none)."""
         stream = self._stream
-        if stream is None or stream.trailers is None:
-            return None
-        return plain_headers(stream.trailers)
+        return stream.trailers if stream is not None else None
 
     # Sending.
 
@@ -106,12 +97,7 @@ class Handle:
             if stream.error is not None:
                 raise stream.error.for_stream(stream.stream_id)
             await self._wait(stream)
-        try:
-            status, headers = response_head(stream.head, origin=self._conn.origin_str, stream_id=stream.stream_id)
-        except ProtocolError:
-            self._conn.finish(stream, ErrorCodes.PROTOCOL_ERROR)
-            raise
-        return ResponseHead(status, headers)
+        return stream.head
 
     async def read_data(self) -> bytes:
         """The next chunk of the response body; ``b""`` once it has ended.

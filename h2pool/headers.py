@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import overload
+from typing import NamedTuple, overload
 
 from .exceptions import InvalidRequest, ProtocolError
 from .origin import Origin
@@ -23,6 +23,10 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
 _VALUE_FORBIDDEN = re.compile(rb"[\r\n\0]")
+#: RFC 9113 §8.2.1: no controls, space, upper case or non-ASCII in a name;
+#: no CR, LF or NUL in a value, nor white space at either end of it.
+_FIELD_NAME = re.compile(rb"[^\x00-\x20A-Z\x7f-\xff]+\Z")
+_FIELD_VALUE_INVALID = re.compile(rb"[\r\n\0]|\A[ \t]|[ \t]\Z")
 #: RFC 9113 §8.2.2: these only mean something on a single HTTP/1.1 hop.
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
@@ -163,22 +167,48 @@ def trailer_headers(headers: HeaderInput, origin: Origin) -> RawHeaders:
     return _validated_fields(headers, origin)
 
 
-def response_head(raw: Iterable[tuple[bytes, bytes]], *, origin: str, stream_id: int) -> tuple[int, Headers]:
-    """Split a validated response header block into status and headers."""
+class ResponseHead(NamedTuple):
+    """The final response's status and headers (1xx responses are skipped)."""
+
+    status: int
+    headers: Headers
+
+
+def parse_response_head(raw: Iterable[tuple[bytes, bytes]], *, origin: str, stream_id: int) -> ResponseHead:
+    """Validate a response header block (RFC 9113 §8.2, §8.3.2) into status and headers."""
+    status, headers = _parse_fields(raw, origin, stream_id, response=True)
+    if status is None:
+        raise ProtocolError("malformed response: no :status", origin=origin, stream_id=stream_id)
+    return ResponseHead(status, headers)
+
+
+def parse_trailers(raw: Iterable[tuple[bytes, bytes]], *, origin: str, stream_id: int) -> Headers:
+    """Validate a trailer block: regular fields only."""
+    return _parse_fields(raw, origin, stream_id, response=False)[1]
+
+
+def _parse_fields(
+    raw: Iterable[tuple[bytes, bytes]], origin: str, stream_id: int, *, response: bool
+) -> tuple[int | None, Headers]:
     status: int | None = None
     pairs: list[tuple[str, str]] = []
     for name, value in raw:
-        if name == b":status":
+        if name[:1] == b":":
+            if not response or name != b":status" or status is not None or pairs:
+                raise ProtocolError(
+                    f"malformed response: pseudo-header {name!r} not allowed here", origin=origin, stream_id=stream_id
+                )
             if len(value) != 3 or not value.isdigit():
-                raise ProtocolError(f"malformed :status {value!r}", origin=origin, stream_id=stream_id)
+                raise ProtocolError(f"malformed response: :status {value!r}", origin=origin, stream_id=stream_id)
             status = int(value)
-        else:
-            pairs.append((name.decode("latin-1"), value.decode("latin-1")))
-    if status is None:
-        raise ProtocolError("response has no :status", origin=origin, stream_id=stream_id)
+            continue
+        if not _FIELD_NAME.match(name):
+            raise ProtocolError(f"malformed response: field name {name!r}", origin=origin, stream_id=stream_id)
+        if _FIELD_VALUE_INVALID.search(value):
+            raise ProtocolError(f"malformed response: value of {name!r}", origin=origin, stream_id=stream_id)
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            raise ProtocolError(
+                f"malformed response: connection-specific field {name!r}", origin=origin, stream_id=stream_id
+            )
+        pairs.append((name.decode("latin-1"), value.decode("latin-1")))
     return status, Headers(pairs)
-
-
-def plain_headers(raw: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Trailers as :class:`Headers`."""
-    return Headers((name.decode("latin-1"), value.decode("latin-1")) for name, value in raw)

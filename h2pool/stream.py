@@ -14,8 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .exceptions import H2PoolError
-
-RawHeaders = list[tuple[bytes, bytes]]
+from .headers import Headers, ResponseHead
 
 
 def _expire(waiter: asyncio.Future[None], make_error: Callable[[], H2PoolError]) -> None:
@@ -43,8 +42,8 @@ class StreamState:
 
     def __init__(self, stream_id: int) -> None:
         self.stream_id = stream_id
-        self.head: RawHeaders | None = None
-        self.trailers: RawHeaders | None = None
+        self.head: ResponseHead | None = None
+        self.trailers: Headers | None = None
         #: (payload, flow-controlled length) pairs not yet taken by the consumer.
         self.chunks: deque[tuple[bytes, int]] = deque()
         #: Payload bytes held in ``chunks``.
@@ -65,7 +64,7 @@ class StreamState:
 
     # Called by the connection's reader.
 
-    def on_headers(self, head: RawHeaders) -> None:
+    def on_headers(self, head: ResponseHead) -> None:
         self.head = head
         self._wake_reader()
 
@@ -74,7 +73,7 @@ class StreamState:
         self.buffered += len(data)
         self._wake_reader()
 
-    def on_trailers(self, trailers: RawHeaders) -> None:
+    def on_trailers(self, trailers: Headers) -> None:
         self.trailers = trailers
 
     def on_end(self) -> None:
