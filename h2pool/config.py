@@ -44,7 +44,7 @@ class PoolConfig:
         _check_int("max_idle_connections_per_origin", self.max_idle_connections_per_origin, 0, 2**31 - 1)
         for name in ("connect_timeout", "acquire_timeout", "read_timeout", "write_timeout", "idle_timeout"):
             value = getattr(self, name)
-            if not isinstance(value, int | float) or not value > 0 or math.isinf(value):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or math.isinf(value):
                 # An infinite default is how peers end up hanging on a silent server.
                 raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
         _check_int("initial_stream_window", self.initial_stream_window, 1, MAX_WINDOW)

@@ -11,8 +11,7 @@ without its origin is hard to act on.
 
 from __future__ import annotations
 
-import copy
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from h2.errors import ErrorCodes
 
@@ -45,12 +44,22 @@ class H2PoolError(Exception):
         Raising one exception object in many tasks would tangle their
         tracebacks, so each stream gets its own copy.
         """
-        clone = copy.copy(self)
+        clone = _rebuild(type(self), (f"{_where(self.origin, stream_id)}: {self.message}",), self.__dict__)
         clone.stream_id = stream_id
-        clone.args = (f"{_where(self.origin, stream_id)}: {self.message}",)
-        clone.__traceback__ = None
         clone.__cause__ = self.__cause__
         return clone
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take other constructor arguments than the message, so
+        # copying and pickling rebuild from the attributes instead.
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[E], args: tuple[Any, ...], state: dict[str, Any]) -> E:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class InvalidRequest(H2PoolError, ValueError):

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple, overload
 
 from .exceptions import InvalidRequest, ProtocolError
-from .origin import Origin
+from .origin import Origin, check_path
 
 HeaderValue = str | bytes
 HeaderInput = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[HeaderValue, HeaderValue]] | None
@@ -31,8 +31,10 @@ _FIELD_VALUE_INVALID = re.compile(rb"[\r\n\0]|\A[ \t]|[ \t]\Z")
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
 
 
-class Headers(Sequence[tuple[str, str]]):
+class Headers:
     """An ordered list of ``(name, value)`` pairs with case-insensitive lookup.
+
+    Not a ``Sequence`` subclass on purpose: ``"name" in headers`` must type-check.
 
     Iterating yields the pairs in the order received. ``headers["name"]``
     returns the value, or the values joined by ``", "`` when the name repeats
@@ -146,6 +148,7 @@ def request_headers(method: str, origin: Origin, path: str, headers: HeaderInput
     """
     if not _TOKEN.match(method.lower().encode("latin-1", "replace")):
         raise InvalidRequest(f"invalid HTTP method {method!r}", origin=str(origin))
+    check_path(path)
     authority = origin.authority.encode("ascii")
     fields = _validated_fields(headers, origin)
     for index, (name, value) in enumerate(fields):

@@ -18,6 +18,7 @@ instead of failing or deadlocking (pydantic/httpx2#1216).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
@@ -91,18 +92,33 @@ C = TypeVar("C", bound=Hashable)
 class OriginSlots(Generic[C]):
     """The connections of one origin, and where the next stream should go.
 
-    Connections with a free slot are kept in an insertion-ordered set, so a
-    reservation takes the oldest connection with room in O(1): streams pack
-    onto few sockets and later connections drain and idle out. Nothing here
-    scans all connections, let alone all origins, per request.
+    Connections with a free slot sit in a heap ordered by age, so a
+    reservation takes the oldest connection with room in O(log k) for k
+    connections of this origin: streams pack onto few sockets and later
+    connections drain and idle out. Entries are removed lazily, so a
+    connection that fills up costs nothing until it is next at the top.
+    Nothing here scans all connections, let alone all origins, per request.
     """
 
-    __slots__ = ("_with_free", "accepting", "learned_limit", "ledgers", "max_connections", "unsettled")
+    __slots__ = (
+        "_age",
+        "_free_heap",
+        "_in_heap",
+        "_next_age",
+        "accepting",
+        "learned_limit",
+        "ledgers",
+        "max_connections",
+        "unsettled",
+    )
 
     def __init__(self, max_connections: int) -> None:
         self.max_connections = max_connections
         self.ledgers: dict[C, SlotLedger] = {}
-        self._with_free: dict[C, None] = {}
+        self._age: dict[C, int] = {}
+        self._next_age = 0
+        self._free_heap: list[tuple[int, C]] = []
+        self._in_heap: set[C] = set()
         #: Connections still taking new streams; draining ones do not count
         #: against ``max_connections``, so their replacement can be dialled.
         self.accepting = 0
@@ -113,6 +129,8 @@ class OriginSlots(Generic[C]):
 
     def add(self, conn: C, ledger: SlotLedger) -> None:
         self.ledgers[conn] = ledger
+        self._age[conn] = self._next_age
+        self._next_age += 1
         self.accepting += ledger.accepting
         self.unsettled += not ledger.settled
         self.refresh(conn)
@@ -121,19 +139,17 @@ class OriginSlots(Generic[C]):
         ledger = self.ledgers.pop(conn, None)
         if ledger is None:
             return
-        self._with_free.pop(conn, None)
+        del self._age[conn]
+        self._in_heap.discard(conn)
         self.accepting -= ledger.accepting
         self.unsettled -= not ledger.settled
 
     def refresh(self, conn: C) -> None:
         """Re-file ``conn`` after its ledger changed in any way."""
         ledger = self.ledgers.get(conn)
-        if ledger is None:
-            return
-        if ledger.free > 0:
-            self._with_free[conn] = None
-        else:
-            self._with_free.pop(conn, None)
+        if ledger is not None and ledger.free > 0 and conn not in self._in_heap:
+            self._in_heap.add(conn)
+            heapq.heappush(self._free_heap, (self._age[conn], conn))
 
     def settle(self, conn: C, peer_limit: int) -> None:
         ledger = self.ledgers.get(conn)
@@ -150,17 +166,25 @@ class OriginSlots(Generic[C]):
             return
         ledger.accepting = False
         self.accepting -= 1
-        self._with_free.pop(conn, None)
 
     def reserve(self) -> C | None:
         """Reserve a slot on the oldest connection with room, if any."""
-        for conn in self._with_free:
-            ledger = self.ledgers[conn]
+        heap = self._free_heap
+        while heap:
+            age, conn = heap[0]
+            ledger = self.ledgers.get(conn)
+            if ledger is None or self._age[conn] != age or ledger.free <= 0:
+                heapq.heappop(heap)
+                if ledger is not None and self._age[conn] == age:
+                    self._in_heap.discard(conn)
+                continue
             ledger.reserve()
-            if ledger.free == 0:
-                del self._with_free[conn]
             return conn
         return None
+
+    def has_free(self, conn: C) -> bool:
+        """Whether ``conn`` is filed as having a free slot."""
+        return conn in self._in_heap and self.ledgers[conn].free > 0
 
     def may_dial(self) -> bool:
         """Whether a new connection may be opened for demand that found no slot.
@@ -173,6 +197,10 @@ class OriginSlots(Generic[C]):
         """
         if self.accepting >= self.max_connections:
             return False
+        if self.learned_limit == 0:
+            # The server takes no streams now; more of its connections would
+            # not either. Wait for it to raise the limit.
+            return self.accepting == 0
         return self.learned_limit is not None or self.unsettled == 0
 
     def initial_peer_limit(self) -> int:
