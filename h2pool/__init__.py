@@ -19,6 +19,7 @@ from .exceptions import (
     RequestTimeout,
     StreamReset,
     TLSError,
+    TLSHandshakeTimeout,
     WriteTimeout,
 )
 from .handle import Handle
@@ -56,5 +57,6 @@ __all__ = [
     "ResponseHead",
     "StreamReset",
     "TLSError",
+    "TLSHandshakeTimeout",
     "WriteTimeout",
 ]

@@ -28,10 +28,17 @@ class PoolConfig:
     max_idle_connections_per_origin: int = 10
     max_concurrent_streams: int = 1000
     connect_timeout: float = 10.0
+    tls_handshake_timeout: float = 10.0
     acquire_timeout: float = 30.0
     read_timeout: float = 30.0
     write_timeout: float = 30.0
     idle_timeout: float = 60.0
+    ping_interval: float = 30.0
+    ping_timeout: float = 10.0
+    max_lifetime: float | None = None
+    max_retries: int = 3
+    retry_backoff: float = 0.05
+    retry_backoff_max: float = 1.0
     initial_stream_window: int = 1 << 20
     connection_window: int = 16 << 20
     max_frame_size: int = MIN_FRAME_SIZE
@@ -42,16 +49,38 @@ class PoolConfig:
         for name in ("max_connections_per_origin", "max_concurrent_streams"):
             _check_int(name, getattr(self, name), 1, 2**31 - 1)
         _check_int("max_idle_connections_per_origin", self.max_idle_connections_per_origin, 0, 2**31 - 1)
-        for name in ("connect_timeout", "acquire_timeout", "read_timeout", "write_timeout", "idle_timeout"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or math.isinf(value):
-                # An infinite default is how peers end up hanging on a silent server.
-                raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
+        for name in _SECONDS:
+            _check_seconds(name, getattr(self, name))
+        if self.retry_backoff > self.retry_backoff_max:
+            raise ValueError("retry_backoff must not exceed retry_backoff_max")
+        if self.max_lifetime is not None:
+            _check_seconds("max_lifetime", self.max_lifetime)
+        _check_int("max_retries", self.max_retries, 0, 100)
         _check_int("initial_stream_window", self.initial_stream_window, 1, MAX_WINDOW)
         _check_int("connection_window", self.connection_window, 65_535, MAX_WINDOW)
         _check_int("max_frame_size", self.max_frame_size, MIN_FRAME_SIZE, MAX_FRAME_SIZE)
         _check_int("header_table_size", self.header_table_size, 0, 2**32 - 1)
         _check_int("max_header_list_size", self.max_header_list_size, 1, 2**32 - 1)
+
+
+_SECONDS = (
+    "connect_timeout",
+    "tls_handshake_timeout",
+    "acquire_timeout",
+    "read_timeout",
+    "write_timeout",
+    "idle_timeout",
+    "ping_interval",
+    "ping_timeout",
+    "retry_backoff",
+    "retry_backoff_max",
+)
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 or math.isinf(value):
+        # An infinite default is how peers end up hanging on a silent server.
+        raise ValueError(f"{name} must be a positive, finite number of seconds, not {value!r}")
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -42,6 +43,7 @@ from .exceptions import (
     ProtocolError,
     StreamReset,
     WriteTimeout,
+    not_processed,
 )
 from .headers import RawHeaders, ResponseHead, parse_response_head, parse_trailers
 from .slots import SlotLedger
@@ -83,8 +85,8 @@ class ConnectionListener(Protocol):
     def on_capacity(self, conn: Connection) -> None:
         """A slot was freed or a stream finished."""
 
-    def on_goaway(self, conn: Connection) -> None:
-        """The peer sent GOAWAY: no new streams here."""
+    def on_draining(self, conn: Connection) -> None:
+        """No new streams here (GOAWAY, ``max_lifetime``); close once drained."""
 
     def on_closed(self, conn: Connection) -> None:
         """The connection is gone."""
@@ -116,6 +118,17 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._open_waiters: deque[asyncio.Future[None]] = deque()
+        #: Writes handed to the transport; a stream opened after the last
+        #: one was never seen by the server.
+        self._writes = 0
+        #: ``loop.time()`` of the last bytes received: PING only when quiet.
+        self.last_read = self.loop.time()
+        #: Round trip of the last answered PING, in seconds.
+        self.ping_rtt: float | None = None
+        self._ping_payload: bytes | None = None
+        self._ping_sent_at = 0.0
+        self._pings = 0
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self._configure_h2()
 
     def _configure_h2(self) -> None:
@@ -162,8 +175,12 @@ class Connection(asyncio.Protocol):
             self._h2.increment_flow_control_window(extra_window)
         self._flush()
         self.ready.set_result(None)
+        self._set_timer("keepalive", self.config.ping_interval, self._check_quiet)
+        if self.config.max_lifetime is not None:
+            self._set_timer("lifetime", self.config.max_lifetime, self.retire)
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self.loop.time()
         try:
             events = self._h2.receive_data(data)
         except _PEER_DATA_ERRORS as exc:
@@ -188,9 +205,13 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        # A socket that never drains would hold PINGs and resets back too
+        # (golang/go#48810): give up on the connection instead.
+        self._set_timer("write_stall", self.config.write_timeout, self._write_stalled)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._cancel_timer("write_stall")
         self._wake_drain_waiters()
 
     # Events from h2, dispatched synchronously.
@@ -268,13 +289,81 @@ class Connection(asyncio.Protocol):
         code = event.error_code if event.error_code is not None else ErrorCodes.NO_ERROR
         detail = event.additional_data.decode("utf-8", "replace") if event.additional_data else ""
         self.goaway = ConnectionTerminated(code, last, origin=self.origin_str, detail=detail)
-        self.listener.on_goaway(self)
+        self.listener.on_draining(self)
         # Streams above last_stream_id were never processed: they end here.
         for stream in [s for s in self._streams.values() if s.stream_id > last]:
             stream.reset = True
-            stream.fail(self.goaway.for_stream(stream.stream_id))
+            stream.fail(not_processed(self.goaway.for_stream(stream.stream_id)))
             self._release_slot(stream)
         self._wake_open_waiters()
+
+    def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
+        if event.ping_data != self._ping_payload:
+            return
+        self._cancel_timer("ping")
+        self._ping_payload = None
+        self.ping_rtt = self.loop.time() - self._ping_sent_at
+        if self.slots.degraded:
+            self.slots.degraded = False
+            self.listener.on_capacity(self)
+
+    # Health.
+
+    def ping(self) -> None:
+        """Send a PING unless one is outstanding; no ACK within ``ping_timeout`` closes the connection."""
+        if self._ping_payload is not None or self.error is not None or self.transport is None:
+            return
+        self._pings += 1
+        self._ping_payload = self._pings.to_bytes(8, "big")
+        self._ping_sent_at = self.loop.time()
+        self._h2.ping(self._ping_payload)
+        self._flush()
+        self._set_timer("ping", self.config.ping_timeout, self._ping_lost)
+
+    def health_check(self) -> None:
+        """A stream saw nothing for ``read_timeout``: take no new streams until a PING is answered."""
+        if self.error is not None:
+            return
+        self.slots.degraded = True
+        self.ping()
+
+    def retire(self) -> None:
+        """Take no new streams; close once the open ones finish (``max_lifetime``)."""
+        if self.error is None and self.slots.accepting:
+            self.listener.on_draining(self)
+
+    def _check_quiet(self) -> None:
+        now = self.loop.time()
+        due = self.last_read + self.config.ping_interval
+        if now >= due:
+            self.ping()
+            due = now + self.config.ping_interval
+        self._set_timer("keepalive", due - now, self._check_quiet)
+
+    def _ping_lost(self) -> None:
+        timeout = self.config.ping_timeout
+        self._abort(ConnectionLost(f"no PING ACK within {timeout} s: the connection is dead", origin=self.origin_str))
+
+    def _write_stalled(self) -> None:
+        timeout = self.config.write_timeout
+        self._abort(WriteTimeout(f"the socket did not drain within {timeout} s", origin=self.origin_str))
+
+    def _abort(self, error: H2PoolError) -> None:
+        """Fail with ``error`` and drop the socket without flushing: the peer is not reading."""
+        transport = self.transport
+        self._fail(error)
+        if transport is not None:
+            transport.abort()
+
+    def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer(name)
+        if self.error is None:
+            self._timers[name] = self.loop.call_later(delay, callback)
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
 
     # Used by handles.
 
@@ -293,10 +382,12 @@ class Connection(asyncio.Protocol):
         lowered MAX_CONCURRENT_STREAMS after the slot was reserved).
         """
         while True:
+            # Nothing of this request was sent: whatever ends the connection
+            # now leaves it safe to replay elsewhere.
             if self.error is not None:
-                raise self.error.for_stream(None)
+                raise not_processed(self.error.for_stream(None))
             if self.goaway is not None:
-                raise self.goaway.for_stream(None)
+                raise not_processed(self.goaway.for_stream(None))
             if self.slots.can_open():
                 break
             await self._wait_open_room(wait_timeout)
@@ -306,10 +397,10 @@ class Connection(asyncio.Protocol):
             self.goaway = ConnectionTerminated(
                 ErrorCodes.NO_ERROR, 2**31 - 1, origin=self.origin_str, detail="stream IDs exhausted"
             )
-            self.listener.on_goaway(self)
-            raise self.goaway.for_stream(None) from None
+            self.listener.on_draining(self)
+            raise not_processed(self.goaway.for_stream(None)) from None
         self._h2.send_headers(stream_id, headers, end_stream=end_stream)
-        stream = StreamState(stream_id)
+        stream = StreamState(stream_id, self._writes)
         stream.local_closed = end_stream
         self._streams[stream_id] = stream
         self.slots.opened()
@@ -367,7 +458,10 @@ class Connection(asyncio.Protocol):
         """The handle is done with ``stream``: reset it if still open, return unread window."""
         if not stream.closed:
             stream.reset = True
-            if self.error is None:
+            # h2 may have closed the stream already: its END_STREAM can sit in
+            # the same batch of events, not yet dispatched.
+            h2_stream = self._h2.streams.get(stream.stream_id)
+            if self.error is None and h2_stream is not None and not h2_stream.closed:
                 self._h2.reset_stream(stream.stream_id, error_code)
                 self._schedule_flush()
             self._release_slot(stream)
@@ -485,18 +579,25 @@ class Connection(asyncio.Protocol):
         data = self._h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
+            self._writes += 1
 
     def _fail(self, error: H2PoolError) -> None:
         """The connection is finished: fail what still runs on it and tell the pool."""
         if self.error is not None:
             return
         self.error = error
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         if not self.ready.done():
             self.ready.set_exception(error)
             # Marks the exception as retrieved; waiters get copies.
             self.ready.exception()
         for stream in list(self._streams.values()):
-            stream.fail(error.for_stream(stream.stream_id))
+            stream_error = error.for_stream(stream.stream_id)
+            if stream.written_at == self._writes:
+                not_processed(stream_error)
+            stream.fail(stream_error)
             if not stream.slot_released:
                 stream.slot_released = True
                 self.slots.closed()
@@ -521,4 +622,5 @@ _HANDLERS: dict[type[h2.events.Event], Any] = {
     h2.events.WindowUpdated: Connection._on_window_updated,
     h2.events.RemoteSettingsChanged: Connection._on_settings,
     h2.events.ConnectionTerminated: Connection._on_goaway,
+    h2.events.PingAckReceived: Connection._on_ping_ack,
 }

@@ -29,7 +29,15 @@ class H2PoolError(Exception):
 
     ``origin`` is the ``scheme://host:port`` the failure concerns (empty when
     none does); ``stream_id`` is the HTTP/2 stream, or ``None``.
+
+    ``may_have_been_processed`` is False only when h2pool knows the server
+    did not act on the request: it was never sent, the server refused the
+    stream (REFUSED_STREAM), or a GOAWAY named a last stream below it. Such
+    requests are replayed by ``Pool.request`` and ``Pool.stream``; a request
+    whose error says True is never replayed silently.
     """
+
+    may_have_been_processed = True
 
     def __init__(self, message: str, *, origin: str = "", stream_id: int | None = None) -> None:
         self.origin = origin
@@ -69,6 +77,8 @@ class InvalidRequest(H2PoolError, ValueError):
     CR, LF or NUL, a connection-specific header, an unsupported URL.
     """
 
+    may_have_been_processed = False
+
 
 class RequestBodyError(H2PoolError):
     """The request body's async iterator raised; the cause is chained."""
@@ -76,6 +86,8 @@ class RequestBodyError(H2PoolError):
 
 class ConnectError(H2PoolError):
     """A connection to the origin could not be set up (TCP or DNS)."""
+
+    may_have_been_processed = False
 
 
 class TLSError(ConnectError):
@@ -91,11 +103,17 @@ class H2PoolTimeout(H2PoolError, TimeoutError):
 
 
 class ConnectTimeout(H2PoolTimeout, ConnectError):
-    """TCP connect, TLS handshake and HTTP/2 preface took longer than ``connect_timeout``."""
+    """Resolving the host and the TCP connect took longer than ``connect_timeout``."""
+
+
+class TLSHandshakeTimeout(ConnectTimeout, TLSError):
+    """The TLS handshake took longer than ``tls_handshake_timeout``."""
 
 
 class AcquireTimeout(H2PoolTimeout):
     """No stream slot became free within ``acquire_timeout``."""
+
+    may_have_been_processed = False
 
 
 class ReadTimeout(H2PoolTimeout):
@@ -114,12 +132,17 @@ class RequestTimeout(H2PoolTimeout):
 
 
 class StreamReset(H2PoolError):
-    """The peer reset the stream (RST_STREAM); ``error_code`` says why."""
+    """The peer reset the stream (RST_STREAM); ``error_code`` says why.
+
+    REFUSED_STREAM means the server did no work on it (RFC 9113 §8.7).
+    """
 
     def __init__(self, error_code: ErrorCodes | int, *, origin: str, stream_id: int | None) -> None:
         self.error_code = error_code
         name = error_code.name if isinstance(error_code, ErrorCodes) else str(error_code)
         super().__init__(f"stream reset by peer ({name})", origin=origin, stream_id=stream_id)
+        if error_code == ErrorCodes.REFUSED_STREAM:
+            self.may_have_been_processed = False
 
 
 class ConnectionClosed(H2PoolError):
@@ -130,7 +153,8 @@ class ConnectionTerminated(ConnectionClosed):
     """The server sent GOAWAY.
 
     ``last_stream_id`` is the highest stream the server may have processed;
-    streams above it were not processed at all.
+    streams above it were not processed at all (and say so in
+    ``may_have_been_processed``).
     """
 
     def __init__(
@@ -161,3 +185,9 @@ class ProtocolError(H2PoolError):
 
 class PoolClosed(H2PoolError):
     """The pool was closed; no further requests are accepted."""
+
+
+def not_processed(error: E) -> E:
+    """Mark ``error`` as one the server certainly did not act on."""
+    error.may_have_been_processed = False
+    return error

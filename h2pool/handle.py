@@ -171,6 +171,8 @@ class Handle:
         await stream.wait_readable(timeout, self._read_timeout)
 
     def _read_timeout(self) -> H2PoolError:
+        # Silence may mean a dead connection: check it before it takes more streams.
+        self._conn.health_check()
         timeout = self._conn.config.read_timeout
         return ReadTimeout(
             f"no response data within {timeout} s", origin=self._conn.origin_str, stream_id=self.stream_id

@@ -12,9 +12,12 @@ caller, so a cancelled caller never leaves a half-made connection behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
+import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -23,18 +26,22 @@ from .config import PoolConfig
 from .connection import Connection
 from .exceptions import (
     AcquireTimeout,
+    ALPNError,
     ConnectError,
     ConnectionClosed,
     ConnectTimeout,
     H2PoolError,
+    H2PoolTimeout,
     InvalidRequest,
     PoolClosed,
     RequestBodyError,
     RequestTimeout,
+    StreamReset,
     TLSError,
+    TLSHandshakeTimeout,
 )
 from .handle import Handle
-from .headers import HeaderInput, request_headers
+from .headers import HeaderInput, RawHeaders, request_headers
 from .origin import Origin, parse_origin, parse_url
 from .response import Response
 from .slots import OriginSlots
@@ -63,6 +70,7 @@ class OriginStats:
     streams_open: int
     slots_reserved: int
     waiting: int
+    replays: int
 
 
 @dataclass(frozen=True)
@@ -83,13 +91,15 @@ class PoolStats:
 
 
 class _OriginState:
-    __slots__ = ("dials", "origin", "slots", "waiters")
+    __slots__ = ("dials", "origin", "replays", "slots", "waiters")
 
     def __init__(self, origin: Origin, max_connections: int) -> None:
         self.origin = origin
         self.slots: OriginSlots[Connection] = OriginSlots(max_connections)
         self.waiters: deque[asyncio.Future[Connection]] = deque()
         self.dials: set[asyncio.Task[None]] = set()
+        #: Requests replayed because the server never processed them.
+        self.replays = 0
 
 
 class Pool:
@@ -165,6 +175,7 @@ class Pool:
                 streams_open=state.slots.open_streams,
                 slots_reserved=state.slots.reserved,
                 waiting=sum(1 for waiter in state.waiters if not waiter.done()),
+                replays=state.replays,
             )
         values = origins.values()
         return PoolStats(
@@ -281,35 +292,42 @@ class Pool:
         return conn
 
     async def _connect(self, conn: Connection) -> None:
+        """Set ``conn`` up within ``connect_timeout``; the TLS handshake also within its own timeout."""
         origin = conn.origin
         where = str(origin)
+        config = self.config
         loop = asyncio.get_running_loop()
-        timeout = self.config.connect_timeout
-        error: H2PoolError
+        deadline = loop.time() + config.connect_timeout
         try:
-            async with asyncio.timeout(timeout):
-                if self._connector is not None:
+            if self._connector is not None:
+                async with _phase(config.connect_timeout, ConnectTimeout, where):
                     await self._connector(conn)
-                elif origin.scheme == "https":
-                    await loop.create_connection(
-                        lambda: conn, origin.host, origin.port, ssl=self._ssl_context, server_hostname=origin.host
-                    )
-                else:
-                    await loop.create_connection(lambda: conn, origin.host, origin.port)
                 return
-        except TimeoutError:
-            error = ConnectTimeout(f"connection not set up within {timeout} s", origin=where)
+            async with _phase(config.connect_timeout, ConnectTimeout, where):
+                sock = await _open_socket(origin.host, origin.port)
+            if origin.scheme == "https":
+                tls_budget = min(config.tls_handshake_timeout, deadline - loop.time())
+                async with _phase(tls_budget, TLSHandshakeTimeout, where):
+                    await loop.create_connection(
+                        lambda: conn, sock=sock, ssl=self._ssl_context, server_hostname=origin.host
+                    )
+            else:
+                await loop.create_connection(lambda: conn, sock=sock)
+        except H2PoolError as exc:
+            conn.close(exc)
         except ssl.SSLCertVerificationError as exc:
-            error = TLSError(f"certificate verification failed: {exc.verify_message}", origin=where)
+            conn.close(TLSError(f"certificate verification failed: {exc.verify_message}", origin=where))
         except ssl.SSLError as exc:
-            error = TLSError(f"TLS handshake failed: {exc}", origin=where)
+            if "NO_APPLICATION_PROTOCOL" in (exc.reason or "").upper() or "no application protocol" in str(exc):
+                # The server speaks TLS but refused every protocol we offered: only h2.
+                conn.close(ALPNError(f"server does not offer HTTP/2 in ALPN: {exc}", origin=where))
+            else:
+                conn.close(TLSError(f"TLS handshake failed: {exc}", origin=where))
         except OSError as exc:
-            error = ConnectError(f"could not connect: {exc}", origin=where)
+            conn.close(ConnectError(f"could not connect: {exc}", origin=where))
         except asyncio.CancelledError:
             conn.close(PoolClosed("the pool was closed while connecting", origin=where))
             raise
-        error.__cause__ = None
-        conn.close(error)
 
     # ConnectionListener: called synchronously by connections.
 
@@ -338,13 +356,13 @@ class Pool:
             else:
                 self._went_idle(state, conn)
 
-    def on_goaway(self, conn: Connection) -> None:
+    def on_draining(self, conn: Connection) -> None:
         state = self._state_of(conn)
         if state is None:
             return
         state.slots.stop_accepting(conn)
         if conn.slots.busy == 0:
-            conn.close(ConnectionClosed("connection closed after GOAWAY", origin=conn.origin_str))
+            conn.close(ConnectionClosed("connection drained and closed", origin=conn.origin_str))
         elif state.waiters:
             self._serve(state)
 
@@ -406,7 +424,25 @@ class Pool:
         target = parse_url(ctx.url)
         block = request_headers(ctx.method, target.origin, target.path, ctx.headers)
         body = _body_of(ctx.content, target.origin)
-        handle = await self._acquire(target.origin, ctx.deadline)
+        attempt = 0
+        while True:
+            try:
+                return await self._send_request(ctx, target.origin, block, body)
+            except H2PoolError as exc:
+                if not _replayable(exc, body) or attempt >= self.config.max_retries:
+                    raise
+                ctx.abandon_attempt()
+                attempt += 1
+                self._origins[target.origin].replays += 1
+                if isinstance(exc, StreamReset):
+                    # The server is shedding load: back off, capped and jittered.
+                    cap = min(self.config.retry_backoff_max, self.config.retry_backoff * 2 ** (attempt - 1))
+                    await asyncio.sleep(random.uniform(0, cap))
+
+    async def _send_request(
+        self, ctx: StreamContext, origin: Origin, block: RawHeaders, body: bytes | AsyncIterable[bytes] | None
+    ) -> Response:
+        handle = await self._acquire(origin, ctx.deadline)
         ctx.handle = handle
         await handle.send_block(block, end_stream=not body)
         if isinstance(body, bytes) and len(body) <= INLINE_BODY_LIMIT:
@@ -415,6 +451,47 @@ class Pool:
             ctx.body_task = asyncio.get_running_loop().create_task(_send_body(handle, body))
         status, headers = await handle.read_headers()
         return Response(handle, status, headers)
+
+
+def _replayable(error: H2PoolError, body: bytes | AsyncIterable[bytes] | None) -> bool:
+    """Replay only what the server never acted on, and only a body that can be sent again."""
+    if error.may_have_been_processed or not (body is None or isinstance(body, bytes)):
+        return False
+    return isinstance(error, ConnectionClosed | StreamReset) or (
+        # The connection failed in some other way before this request left.
+        not isinstance(error, InvalidRequest | ConnectError | H2PoolTimeout | PoolClosed)
+    )
+
+
+@contextlib.asynccontextmanager
+async def _phase(seconds: float, error: type[H2PoolError], origin: str) -> AsyncIterator[None]:
+    """Bound one phase of connection set-up, raising its own typed timeout."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise error(f"not done within {seconds:.3g} s", origin=origin) from None
+
+
+async def _open_socket(host: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket, trying each resolved address in turn."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failures: list[str] = []
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            failures.append(f"{address[0]}: {exc}")
+        except BaseException:
+            sock.close()
+            raise
+        else:
+            return sock
+    raise OSError(f"no address of {host} accepted a connection ({'; '.join(failures) or 'none resolved'})")
 
 
 def _return_granted_slot(waiter: asyncio.Future[Connection]) -> None:
@@ -532,6 +609,12 @@ class StreamContext:
             self.body_task.cancel()
         if self.handle is not None:
             self.handle.release()
+
+    def abandon_attempt(self) -> None:
+        """Give up this attempt's stream before a replay."""
+        self._finish()
+        self.body_task = None
+        self.handle = None
 
 
 def _origin_of(url: str) -> str:

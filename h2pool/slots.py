@@ -28,7 +28,7 @@ from .config import ASSUMED_PEER_MAX_STREAMS
 class SlotLedger:
     """The stream slots of one connection."""
 
-    __slots__ = ("accepting", "local_cap", "open", "peer_limit", "reserved", "settled")
+    __slots__ = ("accepting", "degraded", "local_cap", "open", "peer_limit", "reserved", "settled")
 
     def __init__(self, local_cap: int, peer_limit: int = ASSUMED_PEER_MAX_STREAMS) -> None:
         self.local_cap = local_cap
@@ -39,6 +39,8 @@ class SlotLedger:
         self.open = 0
         #: False once the connection takes no new streams (GOAWAY, closing).
         self.accepting = True
+        #: True while a health PING is unanswered: no new streams meanwhile.
+        self.degraded = False
 
     @property
     def busy(self) -> int:
@@ -48,7 +50,7 @@ class SlotLedger:
     @property
     def free(self) -> int:
         """Slots that may still be reserved."""
-        if not self.accepting:
+        if not self.accepting or self.degraded:
             return 0
         return max(0, min(self.peer_limit, self.local_cap) - self.open - self.reserved)
 

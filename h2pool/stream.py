@@ -38,10 +38,14 @@ class StreamState:
         "slot_released",
         "stream_id",
         "trailers",
+        "written_at",
     )
 
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int, written_at: int = 0) -> None:
         self.stream_id = stream_id
+        #: The connection's write count when HEADERS were queued: if the
+        #: connection dies before another write, the server never saw them.
+        self.written_at = written_at
         self.head: ResponseHead | None = None
         self.trailers: Headers | None = None
         #: (payload, flow-controlled length) pairs not yet taken by the consumer.
