@@ -113,6 +113,9 @@ class Connection(asyncio.Protocol):
         self._h2 = ClientH2Connection(_H2_CONFIG, self.slots, config.max_header_list_size)
         self._streams: dict[int, StreamState] = {}
         self._heads: dict[tuple[tuple[bytes, bytes], ...], ResponseHead] = {}
+        #: Received payload bytes not yet taken by consumers, on all streams,
+        #: including streams already ended whose data waits to be read.
+        self.buffered = 0
         self._flush_scheduled = False
         self._unflushed = 0
         self._write_paused = False
@@ -241,6 +244,7 @@ class Connection(asyncio.Protocol):
         stream = self._streams.get(stream_id)
         if stream is not None and stream.error is None and event.data:
             stream.on_data(event.data, flow)
+            self.buffered += len(event.data)
         elif flow:
             # Nobody will read it: give the window back at once.
             self._h2.acknowledge_received_data(flow, stream_id)
@@ -448,8 +452,9 @@ class Connection(asyncio.Protocol):
         self._local_end(stream)
         self._schedule_flush()
 
-    def consumed(self, stream: StreamState, flow_controlled_length: int) -> None:
-        """The consumer took data: hand its window back to the peer."""
+    def consumed(self, stream: StreamState, size: int, flow_controlled_length: int) -> None:
+        """The consumer took ``size`` bytes of data: hand their window back to the peer."""
+        self.buffered -= size
         if flow_controlled_length and self.error is None:
             self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
             self._schedule_flush()
@@ -467,6 +472,7 @@ class Connection(asyncio.Protocol):
             self._release_slot(stream)
         unread = sum(flow for _, flow in stream.chunks)
         stream.chunks.clear()
+        self.buffered -= stream.buffered
         stream.buffered = 0
         if unread and self.error is None:
             self._h2.acknowledge_received_data(unread, stream.stream_id)
@@ -483,11 +489,6 @@ class Connection(asyncio.Protocol):
             self._h2.close_connection()
             self._flush()
         self._fail(error)
-
-    @property
-    def streams_buffered(self) -> int:
-        """Received bytes waiting for consumers, over all streams."""
-        return sum(stream.buffered for stream in self._streams.values())
 
     # Internals.
 

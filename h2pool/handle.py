@@ -109,7 +109,7 @@ class Handle:
         while True:
             if stream.chunks:
                 data, flow_controlled_length = stream.take_chunk()
-                self._conn.consumed(stream, flow_controlled_length)
+                self._conn.consumed(stream, len(data), flow_controlled_length)
                 return data
             if stream.remote_closed:
                 return b""
