@@ -19,6 +19,7 @@ exact points where h2's stream states change.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -52,6 +53,8 @@ from .stream import StreamState
 if TYPE_CHECKING:
     from .config import PoolConfig
     from .origin import Origin
+
+logger = logging.getLogger("h2pool")
 
 #: Distinct response header blocks remembered per connection.
 HEAD_CACHE_ENTRIES = 16
@@ -191,10 +194,17 @@ class Connection(asyncio.Protocol):
             self._flush()
             self._fail(ProtocolError(f"server broke the HTTP/2 protocol: {exc}", origin=self.origin_str))
             return
-        for event in events:
-            handler = _HANDLERS.get(type(event))
-            if handler is not None:
-                handler(self, event)
+        try:
+            for event in events:
+                handler = _HANDLERS.get(type(event))
+                if handler is not None:
+                    handler(self, event)
+        except Exception as exc:
+            # A bug of ours must not strand the rest of this read's events
+            # and leave their requests waiting out a timeout.
+            logger.exception("error dispatching events from %s", self.origin_str)
+            self._abort(ProtocolError(f"internal error handling the server's frames: {exc!r}", origin=self.origin_str))
+            return
         self._schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -244,7 +244,7 @@ class Pool:
         timeout = self.config.acquire_timeout
         bound_by_deadline = deadline is not None and deadline - loop.time() < timeout
         try:
-            async with asyncio.timeout(deadline if bound_by_deadline else loop.time() + timeout):
+            async with asyncio.timeout_at(deadline if bound_by_deadline else loop.time() + timeout):
                 return await waiter
         except TimeoutError:
             _return_granted_slot(waiter)
