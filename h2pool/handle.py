@@ -108,7 +108,7 @@ class Handle:
         stream = self._sent_stream()
         while True:
             if stream.chunks:
-                data, flow_controlled_length = stream.take_chunk()
+                data, flow_controlled_length = stream.take_all()
                 self._conn.consumed(stream, len(data), flow_controlled_length)
                 return data
             if stream.remote_closed:
