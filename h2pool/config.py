@@ -25,6 +25,7 @@ class PoolConfig:
     """Every option of :class:`h2pool.Pool`; see ``docs/api.md`` for each."""
 
     max_connections_per_origin: int = 10
+    min_connections_per_origin: int = 0
     max_idle_connections_per_origin: int = 10
     max_concurrent_streams: int = 1000
     connect_timeout: float = 10.0
@@ -37,6 +38,9 @@ class PoolConfig:
     ping_timeout: float = 10.0
     max_lifetime: float | None = None
     max_retries: int = 3
+    tls_session_reuse: bool = True
+    predictive_prewarm: bool = True
+    prewarm_threshold: float = 0.75
     retry_backoff: float = 0.05
     retry_backoff_max: float = 1.0
     initial_stream_window: int = 1 << 20
@@ -56,6 +60,13 @@ class PoolConfig:
         if self.max_lifetime is not None:
             _check_seconds("max_lifetime", self.max_lifetime)
         _check_int("max_retries", self.max_retries, 0, 100)
+        _check_int("min_connections_per_origin", self.min_connections_per_origin, 0, self.max_connections_per_origin)
+        for name in ("tls_session_reuse", "predictive_prewarm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False")
+        threshold = self.prewarm_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= 1:
+            raise ValueError(f"prewarm_threshold must be a fraction in (0, 1], not {threshold!r}")
         _check_int("initial_stream_window", self.initial_stream_window, 1, MAX_WINDOW)
         _check_int("connection_window", self.connection_window, 65_535, MAX_WINDOW)
         _check_int("max_frame_size", self.max_frame_size, MIN_FRAME_SIZE, MAX_FRAME_SIZE)

@@ -19,7 +19,9 @@ exact points where h2's stream states change.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -58,6 +60,9 @@ logger = logging.getLogger("h2pool")
 
 #: Distinct response header blocks remembered per connection.
 HEAD_CACHE_ENTRIES = 16
+
+#: Reads to wait for a TLS 1.3 session ticket before assuming none comes.
+_SESSION_READS = 8
 
 #: Upload bytes buffered in h2 before a flush is forced rather than waiting
 #: for the next loop iteration, so ``pause_writing`` can push back.
@@ -107,6 +112,12 @@ class Connection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         #: Resolves when TLS, ALPN and the client preface are done.
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        #: Resolves when the peer's first SETTINGS have arrived.
+        self.settled: asyncio.Future[None] = self.loop.create_future()
+        #: Whether the TLS handshake resumed an offered session.
+        self.tls_resumed = False
+        self._session_sink: Callable[[Connection, ssl.SSLSession], None] | None = None
+        self._session_reads = 0
         #: Set once, when the connection can carry nothing more.
         self.error: H2PoolError | None = None
         self.goaway: ConnectionTerminated | None = None
@@ -166,6 +177,7 @@ class Connection(asyncio.Protocol):
         if self.origin.scheme == "https":
             ssl_object = transport.get_extra_info("ssl_object")
             selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            self.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
             if selected != "h2":
                 self._fail(
                     ALPNError(
@@ -187,6 +199,8 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
+        if self._session_sink is not None:
+            self._offer_session()
         try:
             events = self._h2.receive_data(data)
         except _PEER_DATA_ERRORS as exc:
@@ -293,6 +307,8 @@ class Connection(asyncio.Protocol):
             self._wake_all_senders()
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
+        if not self.settled.done():
+            self.settled.set_result(None)
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._wake_all_senders()
         self.listener.on_settled(self, self._h2.remote_settings.max_concurrent_streams)
@@ -379,7 +395,44 @@ class Connection(asyncio.Protocol):
         if timer is not None:
             timer.cancel()
 
+    # TLS sessions.
+
+    def watch_tls_session(self, sink: Callable[[Connection, ssl.SSLSession], None]) -> None:
+        """Hand this connection's TLS session to ``sink`` once it can be resumed.
+
+        TLS 1.2 sessions can be as soon as the handshake is done; TLS 1.3
+        tickets arrive after it, with the first reads.
+        """
+        self._session_sink = sink
+        self._offer_session()
+
+    def _offer_session(self) -> None:
+        sink = self._session_sink
+        transport = self.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        session = getattr(ssl_object, "session", None)
+        if sink is None or ssl_object is None or session is None:
+            return
+        if session.has_ticket or ssl_object.version() == "TLSv1.2":
+            self._session_sink = None
+            sink(self, session)
+            return
+        self._session_reads += 1
+        if self._session_reads > _SESSION_READS:
+            # No ticket came with the first reads: the server sends none.
+            self._session_sink = None
+
     # Used by handles.
+
+    async def wait_settled(self) -> None:
+        """Wait for set-up and the peer's first SETTINGS (for pre-warming)."""
+        await self.wait_ready()
+        if not self.settled.done():
+            # Its failure is the connection's error, raised below.
+            with contextlib.suppress(H2PoolError):
+                await asyncio.shield(self.settled)
+        if self.error is not None:
+            raise self.error.for_stream(None)
 
     async def wait_ready(self) -> None:
         """Wait for the connection to be set up; raise its error if it failed."""
@@ -600,10 +653,11 @@ class Connection(asyncio.Protocol):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        if not self.ready.done():
-            self.ready.set_exception(error)
-            # Marks the exception as retrieved; waiters get copies.
-            self.ready.exception()
+        for future in (self.ready, self.settled):
+            if not future.done():
+                future.set_exception(error)
+                # Marks the exception as retrieved; waiters get copies.
+                future.exception()
         for stream in list(self._streams.values()):
             stream_error = error.for_stream(stream.stream_id)
             if stream.written_at == self._writes:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -45,7 +46,7 @@ from .headers import HeaderInput, RawHeaders, request_headers
 from .origin import Origin, parse_origin, parse_url
 from .response import Response
 from .slots import OriginSlots
-from .tls import prepare_context
+from .tls import SessionCache, SessionOffer, prepare_context
 
 #: Replaces TCP and TLS set-up: given a new connection (an asyncio.Protocol),
 #: it must call ``conn.connection_made(transport)``. ``h2pool.testing`` uses it
@@ -71,6 +72,8 @@ class OriginStats:
     slots_reserved: int
     waiting: int
     replays: int
+    handshakes_full: int
+    handshakes_resumed: int
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class PoolStats:
 
 
 class _OriginState:
-    __slots__ = ("dials", "origin", "replays", "slots", "waiters")
+    __slots__ = ("dials", "handshakes_full", "handshakes_resumed", "origin", "replays", "slots", "waiters")
 
     def __init__(self, origin: Origin, max_connections: int) -> None:
         self.origin = origin
@@ -100,6 +103,8 @@ class _OriginState:
         self.dials: set[asyncio.Task[None]] = set()
         #: Requests replayed because the server never processed them.
         self.replays = 0
+        self.handshakes_full = 0
+        self.handshakes_resumed = 0
 
 
 class Pool:
@@ -118,6 +123,7 @@ class Pool:
         self._origins: dict[Origin, _OriginState] = {}
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sessions = SessionCache() if self.config.tls_session_reuse else None
 
     async def __aenter__(self) -> Pool:
         return self
@@ -176,6 +182,8 @@ class Pool:
                 slots_reserved=state.slots.reserved,
                 waiting=sum(1 for waiter in state.waiters if not waiter.done()),
                 replays=state.replays,
+                handshakes_full=state.handshakes_full,
+                handshakes_resumed=state.handshakes_resumed,
             )
         values = origins.values()
         return PoolStats(
@@ -219,15 +227,15 @@ class Pool:
     async def _acquire(self, origin: Origin, deadline: float | None = None) -> Handle:
         if self._closed:
             raise PoolClosed("the pool is closed", origin=str(origin))
-        state = self._origins.get(origin)
-        if state is None:
-            state = self._origins[origin] = _OriginState(origin, self.config.max_connections_per_origin)
+        state = self._state_for(origin)
         conn = state.slots.reserve()
         if conn is None and state.slots.may_dial():
             self._dial(state)
             conn = state.slots.reserve()
         if conn is None:
             conn = await self._wait_for_slot(state, deadline)
+        elif self.config.predictive_prewarm:
+            self._predict(state, conn)
         conn.idle_since = None
         if not conn.ready.done() or conn.error is not None:
             try:
@@ -236,6 +244,26 @@ class Pool:
                 conn.unreserve()
                 raise
         return Handle(conn, deadline)
+
+    def _state_for(self, origin: Origin) -> _OriginState:
+        state = self._origins.get(origin)
+        if state is None:
+            state = self._origins[origin] = _OriginState(origin, self.config.max_connections_per_origin)
+        return state
+
+    def _predict(self, state: _OriginState, conn: Connection) -> None:
+        """Dial ahead of demand once the connections' slots run low.
+
+        Runs on every reservation, so the common case is one comparison: the
+        chosen connection is still below ``prewarm_threshold`` of its limit.
+        """
+        ledger = conn.slots
+        limit = min(ledger.peer_limit, ledger.local_cap)
+        threshold = self.config.prewarm_threshold
+        if ledger.busy < threshold * limit or state.slots.unsettled or not state.slots.may_dial():
+            return
+        if state.slots.spare() < (1 - threshold) * limit:
+            self._dial(state)
 
     async def _wait_for_slot(self, state: _OriginState, deadline: float | None) -> Connection:
         loop = asyncio.get_running_loop()
@@ -308,9 +336,7 @@ class Pool:
             if origin.scheme == "https":
                 tls_budget = min(config.tls_handshake_timeout, deadline - loop.time())
                 async with _phase(tls_budget, TLSHandshakeTimeout, where):
-                    await loop.create_connection(
-                        lambda: conn, sock=sock, ssl=self._ssl_context, server_hostname=origin.host
-                    )
+                    await self._start_tls(conn, sock)
             else:
                 await loop.create_connection(lambda: conn, sock=sock)
         except H2PoolError as exc:
@@ -328,6 +354,36 @@ class Pool:
         except asyncio.CancelledError:
             conn.close(PoolClosed("the pool was closed while connecting", origin=where))
             raise
+        else:
+            state = self._state_of(conn)
+            if state is not None and conn.error is None and conn.slots.busy == 0:
+                # Pre-warmed, or its callers gave up: idle from now on, and
+                # closed after idle_timeout if nobody uses it.
+                self._start_idle_clock(conn)
+
+    async def _start_tls(self, conn: Connection, sock: socket.socket) -> None:
+        """TLS over ``sock``, offering a cached session for this exact host and port."""
+        origin = conn.origin
+        loop = asyncio.get_running_loop()
+        sessions = self._sessions
+        offered = sessions.get(origin.host, origin.port, loop.time()) if sessions is not None else None
+        context = SessionOffer(self._ssl_context, offered).as_context() if offered else self._ssl_context
+        await loop.create_connection(lambda: conn, sock=sock, ssl=context, server_hostname=origin.host)
+        state = self._state_of(conn)
+        if conn.error is not None or state is None:
+            return
+        if conn.tls_resumed:
+            state.handshakes_resumed += 1
+        else:
+            state.handshakes_full += 1
+        if sessions is not None:
+            if offered is not None and not conn.tls_resumed:
+                sessions.drop(origin.host, origin.port)
+            conn.watch_tls_session(self._store_session)
+
+    def _store_session(self, conn: Connection, session: ssl.SSLSession) -> None:
+        if self._sessions is not None and not self._closed:
+            self._sessions.put(conn.origin.host, conn.origin.port, session, conn.loop.time())
 
     # ConnectionListener: called synchronously by connections.
 
@@ -371,6 +427,7 @@ class Pool:
         if state is None:
             return
         state.slots.remove(conn)
+        self._keep_minimum(state)
         if not state.waiters:
             return
         never_ready = conn.ready.done() and conn.ready.exception() is not None
@@ -380,11 +437,69 @@ class Pool:
         else:
             self._serve(state)
 
+    # Pre-warming and resizing.
+
+    async def prewarm(self, origins: str | Origin | Iterable[str | Origin], connections: int = 1) -> None:
+        """Open connections before the first request: TCP, TLS and SETTINGS exchanged.
+
+        Each origin gets at least ``connections`` (at most
+        ``max_connections_per_origin``) connections taking streams. The first
+        connection error is raised once all attempts have finished.
+        """
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        targets = [origins] if isinstance(origins, str | Origin) else list(origins)
+        pending: list[Connection] = []
+        for target in targets:
+            state = self._state_for(parse_origin(target))
+            wanted = min(connections, state.slots.max_connections)
+            pending.extend(conn for conn in state.slots.ledgers if conn.slots.accepting and not conn.slots.settled)
+            pending.extend(self._dial(state) for _ in range(wanted - state.slots.accepting))
+        results = await asyncio.gather(*(conn.wait_settled() for conn in pending), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    def resize(
+        self, *, max_connections_per_origin: int | None = None, max_concurrent_streams: int | None = None
+    ) -> None:
+        """Change the connection and stream caps while requests run.
+
+        Growing serves queued callers at once. Shrinking never fails a request:
+        surplus connections take no new streams and close when drained, and a
+        lower stream cap only limits new streams.
+        """
+        self.config = dataclasses.replace(
+            self.config,
+            max_connections_per_origin=_or_current(max_connections_per_origin, self.config.max_connections_per_origin),
+            max_concurrent_streams=_or_current(max_concurrent_streams, self.config.max_concurrent_streams),
+        )
+        for state in list(self._origins.values()):
+            slots = state.slots
+            slots.max_connections = self.config.max_connections_per_origin
+            for conn in list(slots.ledgers):
+                conn.slots.local_cap = self.config.max_concurrent_streams
+                slots.refresh(conn)
+            surplus = slots.accepting - slots.max_connections
+            # Retire the newest connections: the oldest carry the most streams.
+            for conn in reversed(list(slots.ledgers)):
+                if surplus <= 0:
+                    break
+                if conn.slots.accepting:
+                    conn.retire()
+                    surplus -= 1
+            self._serve(state)
+
+    def _keep_minimum(self, state: _OriginState) -> None:
+        """Replace lost connections up to ``min_connections_per_origin``."""
+        wanted = min(self.config.min_connections_per_origin, state.slots.max_connections)
+        while not self._closed and state.slots.accepting < wanted:
+            self._dial(state)
+
     # Idle connections.
 
     def _went_idle(self, state: _OriginState, conn: Connection) -> None:
-        loop = conn.loop
-        conn.idle_since = loop.time()
+        self._start_idle_clock(conn)
         idle = sum(1 for other in state.slots.ledgers if other.idle_since is not None)
         if idle > self.config.max_idle_connections_per_origin:
             state.slots.stop_accepting(conn)
@@ -394,8 +509,11 @@ class Pool:
                 )
             )
             return
+
+    def _start_idle_clock(self, conn: Connection) -> None:
+        conn.idle_since = conn.loop.time()
         if self._sweeper is None:
-            self._sweeper = loop.call_at(conn.idle_since + self.config.idle_timeout, self._sweep_idle)
+            self._sweeper = conn.loop.call_at(conn.idle_since + self.config.idle_timeout, self._sweep_idle)
 
     def _sweep_idle(self) -> None:
         self._sweeper = None
@@ -408,7 +526,7 @@ class Pool:
                 since = conn.idle_since
                 if since is None or conn.slots.busy:
                     continue
-                if since + timeout <= now:
+                if since + timeout <= now and state.slots.accepting > self.config.min_connections_per_origin:
                     state.slots.stop_accepting(conn)
                     conn.close(ConnectionClosed(f"closed after {timeout} s idle", origin=conn.origin_str))
                 elif next_expiry is None or since + timeout < next_expiry:
@@ -492,6 +610,10 @@ async def _open_socket(host: str, port: int) -> socket.socket:
         else:
             return sock
     raise OSError(f"no address of {host} accepted a connection ({'; '.join(failures) or 'none resolved'})")
+
+
+def _or_current(value: int | None, current: int) -> int:
+    return current if value is None else value
 
 
 def _return_granted_slot(waiter: asyncio.Future[Connection]) -> None:

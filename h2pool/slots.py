@@ -184,6 +184,10 @@ class OriginSlots(Generic[C]):
             return conn
         return None
 
+    def spare(self) -> int:
+        """Free slots over all connections still taking streams."""
+        return sum(ledger.free for ledger in self.ledgers.values())
+
     def has_free(self, conn: C) -> bool:
         """Whether ``conn`` is filed as having a free slot."""
         return conn in self._in_heap and self.ledgers[conn].free > 0

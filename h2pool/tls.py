@@ -46,7 +46,11 @@ def prepare_context(context: ssl.SSLContext | None) -> ssl.SSLContext:
 
 
 class SessionOffer:
-    """A stand-in for an ``SSLContext`` that offers ``session`` on ``wrap_bio``."""
+    """A stand-in for an ``SSLContext`` that offers ``session`` on ``wrap_bio``.
+
+    Duck-typed rather than a subclass so it works with a caller's own
+    context; asyncio's SSL protocol only calls ``wrap_bio`` on it.
+    """
 
     def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession) -> None:
         self._context = context
@@ -59,3 +63,40 @@ class SessionOffer:
     def as_context(self) -> ssl.SSLContext:
         """Typed as what ``create_connection`` accepts; asyncio only calls ``wrap_bio``."""
         return cast(ssl.SSLContext, self)
+
+
+class SessionCache:
+    """TLS sessions for resumption, keyed by the verified hostname and port.
+
+    A resumed handshake skips certificate and hostname verification, so a
+    session is only ever offered to the exact ``(server_hostname, port)`` whose
+    full handshake produced it, and only with the context that made it (a
+    cache belongs to one pool, which has one context). An entry expires when
+    the server said its ticket would (``ticket_lifetime_hint``, else the
+    session's own timeout); a server that declines an offered session has the
+    origin's entry dropped, and the next handshake is a full, verified one.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int], tuple[ssl.SSLSession, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, host: str, port: int, now: float) -> ssl.SSLSession | None:
+        entry = self._entries.get((host, port))
+        if entry is None:
+            return None
+        session, expires_at = entry
+        if now >= expires_at:
+            del self._entries[(host, port)]
+            return None
+        return session
+
+    def put(self, host: str, port: int, session: ssl.SSLSession, now: float) -> None:
+        lifetime = session.ticket_lifetime_hint or session.timeout
+        if lifetime > 0:
+            self._entries[(host, port)] = (session, now + min(lifetime, session.timeout))
+
+    def drop(self, host: str, port: int) -> None:
+        self._entries.pop((host, port), None)
