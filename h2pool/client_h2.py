@@ -31,7 +31,9 @@ import h2
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 from h2.errors import ErrorCodes
+from h2.frame_buffer import FrameBuffer
 from hyperframe.frame import (
     AltSvcFrame,
     ContinuationFrame,
@@ -82,6 +84,15 @@ _QUIET_FRAMES: dict[type[Frame], type[Frame]] = {
 }
 
 
+class _EagerFrameBuffer(FrameBuffer):
+    """Rejects an oversized frame on its 9-byte header, not once its whole payload is buffered."""
+
+    def __next__(self) -> Frame:
+        if len(self._data) >= 9:
+            self._validate_frame_length(int.from_bytes(self._data[:3], "big"))
+        return super().__next__()
+
+
 class ClientH2Connection(h2.connection.H2Connection):
     """A client ``H2Connection`` whose open-stream count is ``slots.open``."""
 
@@ -90,6 +101,8 @@ class ClientH2Connection(h2.connection.H2Connection):
         self._slots = slots
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder(max_header_list_size)
+        self.incoming_buffer = _EagerFrameBuffer(server=False)
+        self._preface_seen = False
         table = self._frame_dispatch_table
         for cls, quiet in _QUIET_FRAMES.items():
             if cls in table:
@@ -106,10 +119,30 @@ class ClientH2Connection(h2.connection.H2Connection):
             self._closed_streams[stream_id] = stream.closed_by
 
     def _receive_frame(self, frame: Frame) -> Any:
+        if not self._preface_seen:
+            # RFC 9113 §3.4: the server preface is a SETTINGS frame. (An ACK
+            # of ours sent before it is tolerated, as h2's own server does it.)
+            if not isinstance(frame, SettingsFrame):
+                raise h2.exceptions.ProtocolError(f"the server's first frame was {type(frame).__name__}, not SETTINGS")
+            self._preface_seen = True
         quiet = _QUIET_FRAMES.get(frame.__class__)
         if quiet is not None:
             frame.__class__ = quiet
         return super()._receive_frame(frame)
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
+        if frame.stream_id % 2 == 0 and frame.stream_id not in self.streams:
+            # Push is disabled: a server never opens a stream (RFC 9113 §5.1.1, §8.4).
+            raise h2.exceptions.ProtocolError(f"server sent HEADERS on stream {frame.stream_id}, which it cannot open")
+        return super()._receive_headers_frame(frame)
+
+    def _receive_rst_stream_frame(self, frame: RstStreamFrame) -> Any:
+        stream_id = frame.stream_id
+        highest = self.highest_outbound_stream_id if stream_id % 2 else self.highest_inbound_stream_id
+        if stream_id not in self.streams and stream_id > highest:
+            # RFC 9113 §5.1: RST_STREAM on an idle stream is a connection error.
+            raise h2.exceptions.ProtocolError(f"RST_STREAM on idle stream {stream_id}")
+        return super()._receive_rst_stream_frame(frame)
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
         event = h2.events.ConnectionTerminated()

@@ -61,6 +61,10 @@ logger = logging.getLogger("h2pool")
 #: Distinct response header blocks remembered per connection.
 HEAD_CACHE_ENTRIES = 16
 
+#: Bytes of answers (PING and SETTINGS ACKs, window updates) that may pile
+#: up in the transport while the peer reads nothing.
+MAX_ANSWERS_WHILE_PAUSED = 128 * 1024
+
 #: Reads to wait for a TLS 1.3 session ticket before assuming none comes.
 _SESSION_READS = 8
 
@@ -133,6 +137,8 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._unflushed = 0
         self._write_paused = False
+        self._buffered_at_pause = 0
+        self._buffered_at_pause = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         #: Writes handed to the transport; a stream opened after the last
@@ -173,6 +179,12 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self.error is not None:
+            # Closed while TLS was still being set up (pool closed, connect
+            # timeout): the handshake can complete in the same loop iteration,
+            # before the dial task sees its cancellation. Nothing may use it.
+            transport.close()
+            return
         self.transport = transport
         if self.origin.scheme == "https":
             ssl_object = transport.get_extra_info("ssl_object")
@@ -199,6 +211,17 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
+        transport = self.transport
+        if (
+            self._write_paused
+            and transport is not None
+            and transport.get_write_buffer_size() - self._buffered_at_pause > MAX_ANSWERS_WHILE_PAUSED
+        ):
+            # Uploads wait while the socket is paused, so what piles up since
+            # are answers to its PINGs and SETTINGS: a flood from a server
+            # that does not read.
+            self._abort(ProtocolError("server floods frames that need answers but reads none", origin=self.origin_str))
+            return
         if self._session_sink is not None:
             self._offer_session()
         try:
@@ -232,6 +255,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        self._buffered_at_pause = self.transport.get_write_buffer_size() if self.transport is not None else 0
         # A socket that never drains would hold PINGs and resets back too
         # (golang/go#48810): give up on the connection instead.
         self._set_timer("write_stall", self.config.write_timeout, self._write_stalled)
@@ -295,7 +319,16 @@ class Connection(asyncio.Protocol):
         stream = self._streams.get(event.stream_id)
         if stream is not None:
             stream.reset = True
-            stream.fail(_stream_reset(event.error_code, self.origin_str, stream.stream_id))
+            if event.remote_reset:
+                error = _stream_reset(event.error_code, self.origin_str, stream.stream_id)
+            else:
+                # h2 reset the stream itself: the server broke flow control on it.
+                error = ProtocolError(
+                    f"server broke the HTTP/2 protocol on this stream (reset with {event.error_code!r})",
+                    origin=self.origin_str,
+                    stream_id=stream.stream_id,
+                )
+            stream.fail(error)
             self._release_slot(stream)
 
     def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:

@@ -94,7 +94,17 @@ class PoolStats:
 
 
 class _OriginState:
-    __slots__ = ("dials", "handshakes_full", "handshakes_resumed", "origin", "replays", "slots", "waiters")
+    __slots__ = (
+        "dial_failures",
+        "dials",
+        "handshakes_full",
+        "handshakes_resumed",
+        "origin",
+        "redial",
+        "replays",
+        "slots",
+        "waiters",
+    )
 
     def __init__(self, origin: Origin, max_connections: int) -> None:
         self.origin = origin
@@ -105,6 +115,8 @@ class _OriginState:
         self.replays = 0
         self.handshakes_full = 0
         self.handshakes_resumed = 0
+        self.dial_failures = 0
+        self.redial: asyncio.TimerHandle | None = None
 
 
 class Pool:
@@ -214,6 +226,8 @@ class Pool:
             dials.extend(state.dials)
             for task in state.dials:
                 task.cancel()
+            if state.redial is not None:
+                state.redial.cancel()
             for conn in list(state.slots.ledgers):
                 conn.close(error)
         if dials:
@@ -330,15 +344,15 @@ class Pool:
             if self._connector is not None:
                 async with _phase(config.connect_timeout, ConnectTimeout, where):
                     await self._connector(conn)
-                return
-            async with _phase(config.connect_timeout, ConnectTimeout, where):
-                sock = await _open_socket(origin.host, origin.port)
-            if origin.scheme == "https":
-                tls_budget = min(config.tls_handshake_timeout, deadline - loop.time())
-                async with _phase(tls_budget, TLSHandshakeTimeout, where):
-                    await self._start_tls(conn, sock)
             else:
-                await loop.create_connection(lambda: conn, sock=sock)
+                async with _phase(config.connect_timeout, ConnectTimeout, where):
+                    sock = await _open_socket(origin.host, origin.port)
+                if origin.scheme == "https":
+                    tls_budget = min(config.tls_handshake_timeout, deadline - loop.time())
+                    async with _phase(tls_budget, TLSHandshakeTimeout, where):
+                        await self._start_tls(conn, sock)
+                else:
+                    await loop.create_connection(lambda: conn, sock=sock)
         except H2PoolError as exc:
             conn.close(exc)
         except ssl.SSLCertVerificationError as exc:
@@ -427,7 +441,14 @@ class Pool:
         if state is None:
             return
         state.slots.remove(conn)
-        self._keep_minimum(state)
+        if conn.ready.done() and conn.ready.exception() is not None:
+            state.dial_failures += 1
+            delay = min(self.config.retry_backoff_max, self.config.retry_backoff * 2 ** (state.dial_failures - 1))
+            if state.redial is None:
+                state.redial = conn.loop.call_later(delay, self._redial, state)
+        else:
+            state.dial_failures = 0
+            self._keep_minimum(state)
         if not state.waiters:
             return
         never_ready = conn.ready.done() and conn.ready.exception() is not None
@@ -490,6 +511,10 @@ class Pool:
                     surplus -= 1
             self._serve(state)
 
+    def _redial(self, state: _OriginState) -> None:
+        state.redial = None
+        self._keep_minimum(state)
+
     def _keep_minimum(self, state: _OriginState) -> None:
         """Replace lost connections up to ``min_connections_per_origin``."""
         wanted = min(self.config.min_connections_per_origin, state.slots.max_connections)
@@ -526,12 +551,15 @@ class Pool:
                 since = conn.idle_since
                 if since is None or conn.slots.busy:
                     continue
-                if since + timeout <= now and state.slots.accepting > self.config.min_connections_per_origin:
-                    state.slots.stop_accepting(conn)
-                    conn.close(ConnectionClosed(f"closed after {timeout} s idle", origin=conn.origin_str))
-                elif next_expiry is None or since + timeout < next_expiry:
+                if since + timeout <= now:
+                    if state.slots.accepting > self.config.min_connections_per_origin:
+                        state.slots.stop_accepting(conn)
+                        conn.close(ConnectionClosed(f"closed after {timeout} s idle", origin=conn.origin_str))
+                    # Else the minimum holds it open: looked at again when a connection next goes idle.
+                    continue
+                if next_expiry is None or since + timeout < next_expiry:
                     next_expiry = since + timeout
-            if not state.slots.ledgers and not state.waiters and not state.dials:
+            if not state.slots.ledgers and not state.waiters and not state.dials and state.redial is None:
                 del self._origins[state.origin]
         if next_expiry is not None and not self._closed:
             self._sweeper = loop.call_at(next_expiry, self._sweep_idle)
