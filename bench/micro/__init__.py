@@ -1,0 +1,1 @@
+"""pytest-benchmark microbenchmarks of the hot paths (make bench-micro)."""
