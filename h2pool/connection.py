@@ -413,10 +413,11 @@ class Connection(asyncio.Protocol):
 
     def _abort(self, error: H2PoolError) -> None:
         """Fail with ``error`` and drop the socket without flushing: the peer is not reading."""
-        transport = self.transport
+        if self.transport is not None:
+            # Before _fail: its close() would start a TLS shutdown towards a
+            # peer that is not reading.
+            self.transport.abort()
         self._fail(error)
-        if transport is not None:
-            transport.abort()
 
     def _set_timer(self, name: str, delay: float, callback: Callable[[], None]) -> None:
         self._cancel_timer(name)

@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple, overload
 
+from hpack import NeverIndexedHeaderTuple
+
 from .exceptions import InvalidRequest, ProtocolError
 from .origin import Origin, check_path
 
@@ -22,6 +24,9 @@ HeaderInput = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[HeaderV
 RawHeaders = list[tuple[bytes, bytes]]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+\Z")
+_SENSITIVE = frozenset({b"authorization", b"proxy-authorization"})
+#: Short cookies are guessable, as h2's own default treats them.
+_SHORT_COOKIE = 20
 _VALUE_FORBIDDEN = re.compile(rb"[\r\n\0]")
 #: RFC 9113 §8.2.1: no controls, space, upper case or non-ASCII in a name;
 #: no CR, LF or NUL in a value, nor white space at either end of it.
@@ -137,7 +142,12 @@ def _validated_fields(headers: HeaderInput, origin: Origin) -> RawHeaders:
         value = value.strip(b" \t")
         if name == b"te" and value.lower() != b"trailers":
             raise InvalidRequest("the te header may only be 'trailers' in HTTP/2", origin=str(origin))
-        fields.append((name, value))
+        if name in _SENSITIVE or (name == b"cookie" and len(value) < _SHORT_COOKIE):
+            # Never indexed (RFC 7541 §7.1.3): a shared compression context
+            # must not let other requests probe secrets by their size.
+            fields.append(NeverIndexedHeaderTuple(name, value))
+        else:
+            fields.append((name, value))
     return fields
 
 

@@ -16,15 +16,15 @@ cached, so replaying a cached block cannot leave the table out of step with
 the peer's.
 
 This relies on hpack 4's ``HeaderTable.add`` and ``maxsize`` being the only
-ways the coders change their table; ``tests/test_hpack_cache.py`` checks
-cached and uncached coders stay in agreement.
+ways the coders change their table; ``tests/test_fuzz.py`` checks
+cached and uncached coders stay in agreement over random sequences.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from hpack import Decoder, Encoder
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.struct import HeaderTuple
 from hpack.table import HeaderTable, table_entry_size
 
@@ -99,8 +99,10 @@ class CachingEncoder(Encoder):
         table = self.header_table
         assert isinstance(table, VersionedHeaderTable)
         fields = tuple(headers)
-        if table.resized:
-            # The block must carry a table size update: encode it afresh.
+        if table.resized or NeverIndexedHeaderTuple in map(type, fields):
+            # The block must carry a table size update: encode it afresh. And a
+            # never-indexed field equals its plain twin as a key, so a cached
+            # block could drop or add the mark (RFC 7541 §7.1.3).
             return super().encode(fields, huffman)
         version = table.version
         key = (fields, version, huffman)

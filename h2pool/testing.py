@@ -254,6 +254,9 @@ class MemoryTransport(asyncio.Transport):
 
     def _close_from_client(self, *, aborted: bool) -> None:
         if self.closed_by_client or self.lost:
+            if aborted and not self.lost:
+                # abort() after close(): the pending close is now an abort.
+                self._peer.client_aborted = True
             return
         self.closed_by_client = True
         self._peer._client_closed(aborted)

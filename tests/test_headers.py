@@ -335,3 +335,16 @@ def test_refuses_control_characters_and_spaces_in_path(path: str) -> None:
 def test_refuses_non_latin1_path() -> None:
     with pytest.raises(InvalidRequest):
         request_headers("GET", ORIGIN, "/\u20ac", None)
+
+
+def test_credentials_and_short_cookies_are_never_indexed() -> None:
+    from hpack import NeverIndexedHeaderTuple
+
+    block = request_headers(
+        "GET",
+        ORIGIN,
+        "/",
+        [("Authorization", "Bearer x"), ("cookie", "a=1"), ("cookie", "session=" + "x" * 40), ("accept", "*/*")],
+    )
+    never = [field[0] for field in block[4:] if isinstance(field, NeverIndexedHeaderTuple)]
+    assert never == [b"authorization", b"cookie"]
