@@ -45,6 +45,9 @@ class PoolConfig:
     retry_backoff_max: float = 1.0
     initial_stream_window: int = 1 << 20
     connection_window: int = 16 << 20
+    adaptive_window: bool = True
+    max_stream_window: int = 16 << 20
+    receive_buffer_budget: int = 256 << 20
     max_frame_size: int = MIN_FRAME_SIZE
     header_table_size: int = 4096
     max_header_list_size: int = 64 << 10
@@ -61,7 +64,8 @@ class PoolConfig:
             _check_seconds("max_lifetime", self.max_lifetime)
         _check_int("max_retries", self.max_retries, 0, 100)
         _check_int("min_connections_per_origin", self.min_connections_per_origin, 0, self.max_connections_per_origin)
-        for name in ("tls_session_reuse", "predictive_prewarm"):
+        _check_int("receive_buffer_budget", self.receive_buffer_budget, 65_535, 2**63)
+        for name in ("tls_session_reuse", "predictive_prewarm", "adaptive_window"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False")
         threshold = self.prewarm_threshold
@@ -69,6 +73,7 @@ class PoolConfig:
             raise ValueError(f"prewarm_threshold must be a fraction in (0, 1], not {threshold!r}")
         _check_int("initial_stream_window", self.initial_stream_window, 1, MAX_WINDOW)
         _check_int("connection_window", self.connection_window, 65_535, MAX_WINDOW)
+        _check_int("max_stream_window", self.max_stream_window, 1, MAX_WINDOW)
         _check_int("max_frame_size", self.max_frame_size, MIN_FRAME_SIZE, MAX_FRAME_SIZE)
         _check_int("header_table_size", self.header_table_size, 0, 2**32 - 1)
         _check_int("max_header_list_size", self.max_header_list_size, 1, 2**32 - 1)

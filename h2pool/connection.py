@@ -37,6 +37,7 @@ import hyperframe.exceptions
 from h2.errors import ErrorCodes
 
 from .client_h2 import ClientH2Connection
+from .config import MAX_WINDOW
 from .exceptions import (
     AcquireTimeout,
     ALPNError,
@@ -51,6 +52,7 @@ from .exceptions import (
 from .headers import RawHeaders, ResponseHead, parse_response_head, parse_trailers
 from .slots import SlotLedger
 from .stream import StreamState
+from .windows import MIN_CONNECTION_WINDOW, BdpEstimator, WindowBudget
 
 if TYPE_CHECKING:
     from .config import PoolConfig
@@ -64,6 +66,10 @@ HEAD_CACHE_ENTRIES = 16
 #: Bytes of answers (PING and SETTINGS ACKs, window updates) that may pile
 #: up in the transport while the peer reads nothing.
 MAX_ANSWERS_WHILE_PAUSED = 128 * 1024
+
+#: The payload of the PINGs that sample the bandwidth-delay product; health
+#: PINGs count up from 1 and never take this value in practice.
+_BDP_PING = b"h2pl-bdp"
 
 #: Reads to wait for a TLS 1.3 session ticket before assuming none comes.
 _SESSION_READS = 8
@@ -107,7 +113,14 @@ class ConnectionListener(Protocol):
 class Connection(asyncio.Protocol):
     """A client HTTP/2 connection to one origin."""
 
-    def __init__(self, origin: Origin, config: PoolConfig, listener: ConnectionListener, peer_limit: int) -> None:
+    def __init__(
+        self,
+        origin: Origin,
+        config: PoolConfig,
+        listener: ConnectionListener,
+        peer_limit: int,
+        budget: WindowBudget | None = None,
+    ) -> None:
         self.origin = origin
         self.origin_str = str(origin)
         self.config = config
@@ -152,6 +165,14 @@ class Connection(asyncio.Protocol):
         self._ping_sent_at = 0.0
         self._pings = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: The pool's receive-window budget, and this connection's share of it.
+        self._budget = budget if budget is not None else WindowBudget(config.receive_buffer_budget)
+        self.receive_window = 0
+        self._bdp = (
+            BdpEstimator(config.initial_stream_window, max(config.max_stream_window, config.initial_stream_window))
+            if config.adaptive_window
+            else None
+        )
         self._configure_h2()
 
     def _configure_h2(self) -> None:
@@ -199,10 +220,9 @@ class Connection(asyncio.Protocol):
                 )
                 return
         self._h2.initiate_connection()
-        # RFC 9113 §6.9.2: every connection starts with a 65,535-byte window.
-        extra_window = self.config.connection_window - 65_535
-        if extra_window > 0:
-            self._h2.increment_flow_control_window(extra_window)
+        self.receive_window = self._budget.grant(self.config.connection_window, floor=MIN_CONNECTION_WINDOW)
+        if self.receive_window > MIN_CONNECTION_WINDOW:
+            self._h2.increment_flow_control_window(self.receive_window - MIN_CONNECTION_WINDOW)
         self._flush()
         self.ready.set_result(None)
         self._set_timer("keepalive", self.config.ping_interval, self._check_quiet)
@@ -293,6 +313,9 @@ class Connection(asyncio.Protocol):
         if stream is not None and stream.error is None and event.data:
             stream.on_data(event.data, flow)
             self.buffered += len(event.data)
+            if self._bdp is not None and self._bdp.on_data(flow):
+                self._bdp.pinged(self.loop.time())
+                self._h2.ping(_BDP_PING)
         elif flow:
             # Nobody will read it: give the window back at once.
             self._h2.acknowledge_received_data(flow, stream_id)
@@ -361,6 +384,11 @@ class Connection(asyncio.Protocol):
         self._wake_open_waiters()
 
     def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
+        if event.ping_data == _BDP_PING and self._bdp is not None:
+            grown = self._bdp.on_ack(self.loop.time())
+            if grown is not None:
+                self._grow_windows(grown)
+            return
         if event.ping_data != self._ping_payload:
             return
         self._cancel_timer("ping")
@@ -369,6 +397,19 @@ class Connection(asyncio.Protocol):
         if self.slots.degraded:
             self.slots.degraded = False
             self.listener.on_capacity(self)
+
+    def _grow_windows(self, stream_window: int) -> None:
+        """The window limited a transfer: raise it for streams and, within budget, for the connection."""
+        self._h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: stream_window})
+        # Room for two streams at the new size, so one transfer is never
+        # held back by the connection window alone.
+        wanted = min(2 * stream_window, MAX_WINDOW) - self.receive_window
+        if wanted > 0:
+            extra = self._budget.grant(wanted)
+            if extra:
+                self.receive_window += extra
+                self._h2.increment_flow_control_window(extra)
+        self._schedule_flush()
 
     # Health.
 
@@ -684,6 +725,8 @@ class Connection(asyncio.Protocol):
         if self.error is not None:
             return
         self.error = error
+        self._budget.give_back(self.receive_window)
+        self.receive_window = 0
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()

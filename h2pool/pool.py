@@ -47,6 +47,7 @@ from .origin import Origin, parse_origin, parse_url
 from .response import Response
 from .slots import OriginSlots
 from .tls import SessionCache, SessionOffer, prepare_context
+from .windows import WindowBudget
 
 #: Replaces TCP and TLS set-up: given a new connection (an asyncio.Protocol),
 #: it must call ``conn.connection_made(transport)``. ``h2pool.testing`` uses it
@@ -91,6 +92,8 @@ class PoolStats:
     slots_reserved: int
     waiting: int
     origins: dict[str, OriginStats] = field(default_factory=dict)
+    #: Receive window advertised over all connections (within receive_buffer_budget).
+    receive_window: int = 0
 
 
 class _OriginState:
@@ -136,6 +139,7 @@ class Pool:
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
         self._sessions = SessionCache() if self.config.tls_session_reuse else None
+        self._window_budget = WindowBudget(self.config.receive_buffer_budget)
 
     async def __aenter__(self) -> Pool:
         return self
@@ -205,6 +209,7 @@ class Pool:
             slots_reserved=sum(o.slots_reserved for o in values),
             waiting=sum(o.waiting for o in values),
             origins=origins,
+            receive_window=self._window_budget.allocated,
         )
 
     @property
@@ -326,7 +331,7 @@ class Pool:
     # Connections.
 
     def _dial(self, state: _OriginState) -> Connection:
-        conn = Connection(state.origin, self.config, self, state.slots.initial_peer_limit())
+        conn = Connection(state.origin, self.config, self, state.slots.initial_peer_limit(), self._window_budget)
         state.slots.add(conn, conn.slots)
         task = asyncio.get_running_loop().create_task(self._connect(conn))
         state.dials.add(task)

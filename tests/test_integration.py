@@ -359,7 +359,7 @@ async def test_slow_consumer_never_buffers_more_than_the_stream_window(
     chunks = 0
     async with (
         asyncio.timeout(40),
-        Pool(client_ssl_context, connector=connector, initial_stream_window=window) as pool,
+        Pool(client_ssl_context, connector=connector, initial_stream_window=window, adaptive_window=False) as pool,
         pool.stream("GET", h2_server.url("/8m")) as response,
     ):
         (conn,) = connector.connections

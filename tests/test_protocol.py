@@ -245,7 +245,10 @@ async def test_control_characters_in_headers_send_nothing_on_an_open_connection(
 
 async def test_peer_can_send_exactly_the_stream_window_and_no_more() -> None:
     server = MockServer()
-    async with make_pool(server, initial_stream_window=1000) as pool, pool.acquire(ORIGIN) as handle:
+    async with (
+        make_pool(server, initial_stream_window=1000, adaptive_window=False) as pool,
+        pool.acquire(ORIGIN) as handle,
+    ):
         stream_id = await handle.send_headers("GET", "/", end_stream=True)
         peer = await server.next_peer()
         await peer.next_request(complete=True)
@@ -257,7 +260,10 @@ async def test_peer_can_send_exactly_the_stream_window_and_no_more() -> None:
 
 async def test_slow_consumer_sends_no_stream_window_update_until_it_reads() -> None:
     server = MockServer()
-    async with make_pool(server, initial_stream_window=1000) as pool, pool.acquire(ORIGIN) as handle:
+    async with (
+        make_pool(server, initial_stream_window=1000, adaptive_window=False) as pool,
+        pool.acquire(ORIGIN) as handle,
+    ):
         stream_id = await handle.send_headers("GET", "/", end_stream=True)
         peer = await server.next_peer()
         await peer.next_request(complete=True)
