@@ -145,11 +145,16 @@ class ClientH2Connection(h2.connection.H2Connection):
         return super()._receive_rst_stream_frame(frame)
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
-        event = h2.events.ConnectionTerminated()
-        try:
-            event.error_code = ErrorCodes(frame.error_code)
-        except ValueError:
-            event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
+        return [], [goaway_event(frame)]
+
+
+def goaway_event(frame: GoAwayFrame) -> h2.events.ConnectionTerminated:
+    """The event for a received GOAWAY, without closing h2's state machine (so streams can drain)."""
+    event = h2.events.ConnectionTerminated()
+    try:
+        event.error_code = ErrorCodes(frame.error_code)
+    except ValueError:
+        event.error_code = frame.error_code
+    event.last_stream_id = frame.last_stream_id
+    event.additional_data = frame.additional_data or None
+    return event

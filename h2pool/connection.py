@@ -91,7 +91,8 @@ _H2_CONFIG = h2.config.H2Configuration(
     normalize_inbound_headers=False,
 )
 
-_PEER_DATA_ERRORS = (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError, hpack.HPACKError)
+#: What h2 raises on bytes that break the protocol.
+PEER_DATA_ERRORS = (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError, hpack.HPACKError)
 
 
 class ConnectionListener(Protocol):
@@ -246,7 +247,7 @@ class Connection(asyncio.Protocol):
             self._offer_session()
         try:
             events = self._h2.receive_data(data)
-        except _PEER_DATA_ERRORS as exc:
+        except PEER_DATA_ERRORS as exc:
             # h2 has queued a GOAWAY naming the error; send it before closing.
             self._flush()
             self._fail(ProtocolError(f"server broke the HTTP/2 protocol: {exc}", origin=self.origin_str))

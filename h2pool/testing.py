@@ -50,13 +50,13 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-import hpack
 import hyperframe.exceptions
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 
-from .connection import Connection
+from .client_h2 import goaway_event
+from .connection import PEER_DATA_ERRORS, Connection
 
 __all__ = [
     "CLIENT_PREFACE",
@@ -100,8 +100,6 @@ _PEER_CONFIG = h2.config.H2Configuration(
     normalize_inbound_headers=False,
 )
 
-_RECEIVE_ERRORS = (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError, hpack.HPACKError)
-
 
 class _PeerH2Connection(h2.connection.H2Connection):
     """h2's server connection, still answering open streams after the client's GOAWAY.
@@ -113,14 +111,7 @@ class _PeerH2Connection(h2.connection.H2Connection):
     """
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
-        event = h2.events.ConnectionTerminated()
-        try:
-            event.error_code = ErrorCodes(frame.error_code)
-        except ValueError:
-            event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
+        return [], [goaway_event(frame)]
 
 
 async def idle(rounds: int = 50) -> None:
@@ -548,7 +539,7 @@ class ScriptedPeer:
             return
         try:
             events = self.h2.receive_data(data)
-        except _RECEIVE_ERRORS as exc:
+        except PEER_DATA_ERRORS as exc:
             # A correct client never gets here. Record it, send h2's GOAWAY
             # and hang up, as a real server would.
             self.errors.append(exc)
