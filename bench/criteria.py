@@ -24,7 +24,6 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -49,7 +48,8 @@ from .measure import (
     tracing,
 )
 from .peers import client_factories, h2load, h2load_available, h2load_version, peer_versions
-from .report import ERROR, INFO, NOT_RUN, RESULTS_DIR, Row, judged, machine_info, render, write_json
+from .report import ERROR, INFO, NOT_RUN, RESULTS_DIR, Outcome, Row, judged, machine_info, render, write_json
+from .scaling import predictive_prewarm, tls_resumption
 from .target import SERVER_KINDS, Target, default_kind, local_target, url_target
 from .workloads import ClientFactory, H2poolClient, load, round_trips
 
@@ -89,14 +89,6 @@ H2LOAD_REQUEST_RATIO = 0.15
 H2LOAD_DOWNLOAD_RATIO = 0.7
 HTTPX_REQUEST_RATIO = 12.0
 AIOHTTP_REQUEST_RATIO = 1.5
-
-
-@dataclass
-class Outcome:
-    """What one criterion reports: its table rows and its raw figures (for the JSON)."""
-
-    rows: list[Row]
-    figures: dict[str, Any] = field(default_factory=dict)
 
 
 Criterion = Callable[[Target], Awaitable[Outcome]]
@@ -498,6 +490,8 @@ CRITERIA: dict[str, Criterion] = {
     "5. throughput": throughput,
     "6. sequential round trip": sequential_round_trips,
     "7. 1 MiB downloads": downloads,
+    "8. TLS session resumption": partial(tls_resumption, repetitions=REPETITIONS),
+    "9. predictive pre-warming": partial(predictive_prewarm, repetitions=REPETITIONS),
 }
 
 

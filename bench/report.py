@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import ssl
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,14 @@ class Row:
     target: str
     measured: str
     verdict: str
+
+
+@dataclass
+class Outcome:
+    """What one criterion reports: its table rows and its raw figures (for the JSON)."""
+
+    rows: list[Row]
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 def judged(criterion: str, target: str, measured: str, ok: bool | None) -> Row:
