@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import random
 import socket
 import ssl
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -627,7 +628,15 @@ async def _phase(seconds: float, error: type[H2PoolError], origin: str) -> Async
 async def _open_socket(host: str, port: int) -> socket.socket:
     """A connected non-blocking TCP socket, trying each resolved address in turn."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos: Sequence[tuple[Any, ...]]
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    else:
+        # An address needs no resolver: skip getaddrinfo's thread-pool round trip.
+        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
+        infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
     failures: list[str] = []
     for family, kind, proto, _, address in infos:
         sock = socket.socket(family, kind, proto)
