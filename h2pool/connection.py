@@ -72,7 +72,7 @@ MAX_ANSWERS_WHILE_PAUSED = 128 * 1024
 _BDP_PING = b"h2pl-bdp"
 
 #: Reads to wait for a TLS 1.3 session ticket before assuming none comes.
-_SESSION_READS = 8
+_SESSION_READS = 3
 
 #: Upload bytes buffered in h2 before a flush is forced rather than waiting
 #: for the next loop iteration, so ``pause_writing`` can push back.
@@ -477,24 +477,31 @@ class Connection(asyncio.Protocol):
         """Hand this connection's TLS session to ``sink`` once it can be resumed.
 
         TLS 1.2 sessions can be as soon as the handshake is done; TLS 1.3
-        tickets arrive after it, with the first reads.
+        tickets arrive after it, so they are looked for as data arrives.
         """
         self._session_sink = sink
-        self._offer_session()
+        ssl_object = self._ssl_object()
+        if ssl_object is not None and ssl_object.version() == "TLSv1.2":
+            self._offer_session()
+
+    def _ssl_object(self) -> ssl.SSLObject | None:
+        transport = self.transport
+        return transport.get_extra_info("ssl_object") if transport is not None else None
 
     def _offer_session(self) -> None:
         sink = self._session_sink
-        transport = self.transport
-        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        session = getattr(ssl_object, "session", None)
-        if sink is None or ssl_object is None or session is None:
+        ssl_object = self._ssl_object()
+        if sink is None or ssl_object is None:
             return
-        if session.has_ticket or ssl_object.version() == "TLSv1.2":
+        # Each read of SSLObject.session leaks a copy of the session on
+        # Python 3.11 and 3.12 (cpython gh-116810): read it only a few times,
+        # and only for connections that did not resume.
+        self._session_reads += 1
+        session = ssl_object.session
+        if session is not None and (session.has_ticket or ssl_object.version() == "TLSv1.2"):
             self._session_sink = None
             sink(self, session)
-            return
-        self._session_reads += 1
-        if self._session_reads > _SESSION_READS:
+        elif self._session_reads >= _SESSION_READS:
             # No ticket came with the first reads: the server sends none.
             self._session_sink = None
 
@@ -594,6 +601,8 @@ class Connection(asyncio.Protocol):
     def consumed(self, stream: StreamState, size: int, flow_controlled_length: int) -> None:
         """The consumer took ``size`` bytes of data: hand their window back to the peer."""
         self.buffered -= size
+        if self._bdp is not None:
+            self._bdp.on_consumed(flow_controlled_length)
         if flow_controlled_length and self.error is None:
             self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
             self._schedule_flush()

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from h2.errors import ErrorCodes
+
 from .config import PoolConfig
 from .connection import Connection
 from .exceptions import (
@@ -31,6 +33,7 @@ from .exceptions import (
     ALPNError,
     ConnectError,
     ConnectionClosed,
+    ConnectionTerminated,
     ConnectTimeout,
     H2PoolError,
     H2PoolTimeout,
@@ -57,6 +60,10 @@ from .windows import WindowBudget
 Connector = Callable[[Connection], Awaitable[None]]
 
 RequestContent = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
+
+#: Replays after graceful GOAWAYs allowed per request, beyond max_retries:
+#: a bound against a server that drains forever without serving this request.
+MAX_DRAIN_REPLAYS = 100
 
 #: Bodies up to this size are sent before reading the response; larger ones
 #: (and streamed ones) go in a task, so a server that answers early, or
@@ -396,8 +403,11 @@ class Pool:
             state.handshakes_resumed += 1
         else:
             state.handshakes_full += 1
-        if sessions is not None:
-            if offered is not None and not conn.tls_resumed:
+        if sessions is not None and not conn.tls_resumed:
+            # A declined offer is stale; the full handshake just done brings
+            # the session to offer next time. (A resumed connection keeps the
+            # cached one: servers with reusable tickets resume it again.)
+            if offered is not None:
                 sessions.drop(origin.host, origin.port)
             conn.watch_tls_session(self._store_session)
 
@@ -576,15 +586,27 @@ class Pool:
         target = parse_url(ctx.url)
         block = request_headers(ctx.method, target.origin, target.path, ctx.headers)
         body = _body_of(ctx.content, target.origin)
-        attempt = 0
+        attempt = drained = 0
         while True:
             try:
                 return await self._send_request(ctx, target.origin, block, body)
             except H2PoolError as exc:
-                if not _replayable(exc, body) or attempt >= self.config.max_retries:
+                if not _replayable(exc, body):
                     raise
+                if _drained_after_progress(exc) and self.config.max_retries:
+                    # A server that ends connections after N streams (nginx's
+                    # keepalive_requests) makes progress on every connection;
+                    # such replays do not spend max_retries (with N = 1, the
+                    # k-th of k concurrent requests needs k attempts). Only
+                    # max_retries=0 turns them off.
+                    drained += 1
+                    if drained > MAX_DRAIN_REPLAYS:
+                        raise
+                else:
+                    attempt += 1
+                    if attempt > self.config.max_retries:
+                        raise
                 ctx.abandon_attempt()
-                attempt += 1
                 self._origins[target.origin].replays += 1
                 if isinstance(exc, StreamReset):
                     # The server is shedding load: back off, capped and jittered.
@@ -603,6 +625,13 @@ class Pool:
             ctx.body_task = asyncio.get_running_loop().create_task(_send_body(handle, body))
         status, headers = await handle.read_headers()
         return Response(handle, status, headers)
+
+
+def _drained_after_progress(error: H2PoolError) -> bool:
+    """A graceful GOAWAY from a server that processed streams on that connection."""
+    return (
+        isinstance(error, ConnectionTerminated) and error.error_code == ErrorCodes.NO_ERROR and error.last_stream_id > 0
+    )
 
 
 def _replayable(error: H2PoolError, body: bytes | AsyncIterable[bytes] | None) -> bool:

@@ -6,10 +6,10 @@ let every slow consumer make the client buffer that much. So windows start
 at the configured size and grow only when measured to be the bottleneck:
 
 * :class:`BdpEstimator` follows hyper's approach (``src/proto/h2/ping.rs``):
-  while DATA flows, one PING is sent and the bytes received until its ACK are
-  a sample of the bandwidth-delay product. A sample that fills most of the
-  current window means the window, not the network, limits the transfer:
-  the window doubles toward twice the sample, up to a cap.
+  while DATA flows, one PING is sent and the bytes consumed until its ACK
+  are a sample of the bandwidth-delay product. A sample that fills most of
+  the current window means the window, not the network, limits the
+  transfer: the window grows sixteenfold, up to a cap.
 * :class:`WindowBudget` keeps the windows advertised by all connections of a
   pool within ``receive_buffer_budget``. Received data is acknowledged only
   as consumers read it, so the sum of connection windows bounds what the
@@ -29,11 +29,21 @@ class BdpEstimator:
     """Bandwidth-delay-product sampling by PING, during DATA bursts.
 
     A sample starts once about half a window of DATA has arrived since the
-    last one, so small responses cost no PINGs, and at most one sample is
-    in flight: at most one PING per round trip while a transfer lasts.
+    last one, so small responses cost no PINGs, and at most one sample is in
+    flight: at most one PING per round trip while a transfer lasts.
+
+    A sample counts the bytes the *consumer* took during one round trip, not
+    the bytes that arrived: a consumer that does not read leaves a full
+    window buffered, which looks window-limited by arrivals alone and would
+    grow its window to the cap for nothing.
     """
 
     __slots__ = ("_cap", "_pinged_at", "_sampled", "_unsampled", "rtt", "window")
+
+    #: Growth per window-limited sample. Large steps on purpose: each step
+    #: costs two round trips (the sample, then SETTINGS reaching the server),
+    #: so doubling from 1 MiB to 16 MiB would cost eight.
+    GROWTH = 16
 
     def __init__(self, window: int, cap: int) -> None:
         #: The stream window currently advertised.
@@ -47,17 +57,19 @@ class BdpEstimator:
 
     def on_data(self, size: int) -> bool:
         """Count received DATA; True when a sampling PING should be sent now."""
-        if self._pinged_at is not None:
-            self._sampled += size
-            return False
-        if self.window >= self._cap:
+        if self._pinged_at is not None or self.window >= self._cap:
             return False
         self._unsampled += size
         if self._unsampled * 2 < self.window:
             return False
         self._unsampled = 0
-        self._sampled = size
+        self._sampled = 0
         return True
+
+    def on_consumed(self, size: int) -> None:
+        """Count DATA the consumer took."""
+        if self._pinged_at is not None:
+            self._sampled += size
 
     def pinged(self, now: float) -> None:
         self._pinged_at = now
@@ -70,9 +82,9 @@ class BdpEstimator:
         self._pinged_at = None
         sample, self._sampled = self._sampled, 0
         if sample * 3 < self.window * 2:
-            # The network, not the window, limited this round trip.
+            # The network or the consumer, not the window, was the limit.
             return None
-        grown = min(self._cap, max(self.window * 2, sample * 2))
+        grown = min(self._cap, max(self.window, sample) * self.GROWTH)
         if grown <= self.window:
             return None
         self.window = grown
