@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -800,48 +800,46 @@ async def _respond_partially(peer_task: asyncio.Task[ScriptedPeer]) -> None:
     peer.send_data(request.stream_id, b"partial")
 
 
-async def test_frame_larger_than_our_max_frame_size_is_a_protocol_error() -> None:
+async def expect_connection_error(
+    misbehave: Callable[[ScriptedPeer, int], None], code: ErrorCodes, **options: Any
+) -> None:
+    """The peer misbehaves on an open request: ProtocolError for it, GOAWAY(code) to the peer."""
     server = MockServer()
-    async with make_pool(server) as pool:
+    async with make_pool(server, **options) as pool:
         task = spawn(pool)
         peer = await server.next_peer()
         request = await peer.next_request(complete=True)
-        peer.send_headers(request.stream_id, [(":status", "200")])
-        peer.send_frame(DataFrame(request.stream_id, data=bytes(16_385)))
+        misbehave(peer, request.stream_id)
         with pytest.raises(ProtocolError):
             await task
         await peer.wait_closed()
-        assert [frame.error_code for frame in peer.frames_of(GoAwayFrame)] == [ErrorCodes.FRAME_SIZE_ERROR]
+        assert [frame.error_code for frame in peer.frames_of(GoAwayFrame)] == [code]
         await assert_settled(server, pool)
+
+
+def _headers_then_data(size: int) -> Callable[[ScriptedPeer, int], None]:
+    def misbehave(peer: ScriptedPeer, stream_id: int) -> None:
+        peer.send_headers(stream_id, [(":status", "200")])
+        peer.send_frame(DataFrame(stream_id, data=bytes(size)))
+
+    return misbehave
+
+
+async def test_frame_larger_than_our_max_frame_size_is_a_protocol_error() -> None:
+    await expect_connection_error(_headers_then_data(16_385), ErrorCodes.FRAME_SIZE_ERROR)
 
 
 async def test_data_beyond_the_stream_window_is_a_protocol_error() -> None:
-    server = MockServer()
-    async with make_pool(server, initial_stream_window=1000) as pool:
-        task = spawn(pool)
-        peer = await server.next_peer()
-        request = await peer.next_request(complete=True)
-        peer.send_headers(request.stream_id, [(":status", "200")])
-        peer.send_frame(DataFrame(request.stream_id, data=bytes(1001)))
-        with pytest.raises(ProtocolError):
-            await task
-        await peer.wait_closed()
-        assert [frame.error_code for frame in peer.frames_of(GoAwayFrame)] == [ErrorCodes.FLOW_CONTROL_ERROR]
-        await assert_settled(server, pool)
+    await expect_connection_error(
+        _headers_then_data(1001), ErrorCodes.FLOW_CONTROL_ERROR, initial_stream_window=1000, adaptive_window=False
+    )
 
 
 async def test_push_promise_despite_enable_push_0_is_a_protocol_error() -> None:
-    server = MockServer()
-    async with make_pool(server) as pool:
-        task = spawn(pool)
-        peer = await server.next_peer()
-        request = await peer.next_request(complete=True)
-        peer.send_frame(PushPromiseFrame(request.stream_id, promised_stream_id=2, data=b"", flags=["END_HEADERS"]))
-        with pytest.raises(ProtocolError):
-            await task
-        await peer.wait_closed()
-        assert [frame.error_code for frame in peer.frames_of(GoAwayFrame)] == [ErrorCodes.PROTOCOL_ERROR]
-        await assert_settled(server, pool)
+    def push(peer: ScriptedPeer, stream_id: int) -> None:
+        peer.send_frame(PushPromiseFrame(stream_id, promised_stream_id=2, data=b"", flags=["END_HEADERS"]))
+
+    await expect_connection_error(push, ErrorCodes.PROTOCOL_ERROR)
 
 
 async def test_invalid_peer_settings_value_is_a_protocol_error() -> None:
