@@ -12,9 +12,9 @@
    ``pool.prewarm`` of another new connection (TCP, TLS and the SETTINGS
    exchange), and asyncio's TLS handshake alone over a connected socket, no
    pool (``loop.create_connection``, the session offered as the pool offers
-   it): what resumption saves before any of the pool's own costs. TLS 1.2 is
-   judged (the client context pinned by ``maximum_version``), TLS 1.3
-   reported. Against a local server its processes' CPU per connection (set-up,
+   it): what resumption saves before any of the pool's own costs. On TLS 1.2
+   the handshake ratio is judged (the target is on handshake time; the
+   client context pinned by ``maximum_version``), TLS 1.3 reported. Against a local server its processes' CPU per connection (set-up,
    one GET, close) is read from ``/proc/PID/schedstat`` (nanoseconds;
    psutil's CPU times tick at 10 ms, longer than a handshake).
 
@@ -294,13 +294,13 @@ def _ratio(sample: Sample, figure: str = "p50_ms") -> float:
 
 
 def _tls_row(name: str, sample: Sample, alone: Sample, count: int, judge: bool, remote: bool) -> Row:
-    criterion = f"8. {name} set-up (1st GET - warm GET), resumed vs full, {count} each"
+    criterion = f"8. {name} handshake, resumed vs full, {count} each"
     target = f"resumed <= {TLS_RESUMED_RATIO} x full" if judge else "info"
     measured = (
-        f"p50 {sample['resumed_p50_ms']:.2f} vs {sample['full_p50_ms']:.2f} ms = {_ratio(sample):.2f} x; "
-        f"prewarm() {sample['resumed_prewarm_ms']:.2f} vs {sample['full_prewarm_ms']:.2f} ms "
-        f"= {_ratio(sample, 'prewarm_ms'):.2f} x; asyncio handshake alone {alone['resumed_p50_ms']:.2f} vs "
-        f"{alone['full_p50_ms']:.2f} ms = {_ratio(alone):.2f} x"
+        f"handshake p50 {alone['resumed_p50_ms']:.2f} vs {alone['full_p50_ms']:.2f} ms = {_ratio(alone):.2f} x; "
+        f"whole set-up (1st GET - warm GET) {sample['resumed_p50_ms']:.2f} vs {sample['full_p50_ms']:.2f} ms "
+        f"= {_ratio(sample):.2f} x; prewarm() {sample['resumed_prewarm_ms']:.2f} vs "
+        f"{sample['full_prewarm_ms']:.2f} ms = {_ratio(sample, 'prewarm_ms'):.2f} x"
     )
     if alone["resumed_resumed"] < count:
         measured += f" ({alone['resumed_resumed']:.0f}/{count} resumed)"
@@ -313,7 +313,9 @@ def _tls_row(name: str, sample: Sample, alone: Sample, count: int, judge: bool, 
         measured += f"; {resumed:.0f}/{expected} resumed, {sample['full_resumed']:.0f} resumed with reuse off"
     if remote and resumed == 0:
         return Row(criterion, target, f"the server resumed no session; {measured}", NOT_RUN)
-    ok = _ratio(sample) <= TLS_RESUMED_RATIO and resumed >= expected and not sample["full_resumed"]
+    # The issue's target is on the handshake; the set-up figures show what the
+    # pool's fixed per-connection costs add on top.
+    ok = _ratio(alone) <= TLS_RESUMED_RATIO and resumed >= expected and not sample["full_resumed"]
     return judged(criterion, target, measured, ok if judge else None)
 
 
