@@ -10,11 +10,12 @@
    each connection after its GET, so each is a new dial; the GET also
    delivers TLS 1.3 tickets, which arrive after the handshake. Also reported:
    ``pool.prewarm`` of another new connection (TCP, TLS and the SETTINGS
-   exchange), and asyncio's TLS handshake alone over a connected socket, no
-   pool (``loop.create_connection``, the session offered as the pool offers
-   it): what resumption saves before any of the pool's own costs. On TLS 1.2
-   the handshake ratio is judged (the target is on handshake time; the
-   client context pinned by ``maximum_version``), TLS 1.3 reported. Against a local server its processes' CPU per connection (set-up,
+   exchange), and the pool's TLS handshake alone over a connected socket
+   (``h2pool.tls_transport.open_tls``, the session offered as the pool
+   offers it): what resumption saves before any of the pool's own costs. On
+   TLS 1.2 the handshake ratio is judged (the target is on handshake time;
+   the client context pinned by ``maximum_version``), TLS 1.3 reported.
+   Against a local server its processes' CPU per connection (set-up,
    one GET, close) is read from ``/proc/PID/schedstat`` (nanoseconds;
    psutil's CPU times tick at 10 ms, longer than a handshake).
 
@@ -56,7 +57,7 @@ import psutil  # type: ignore[import-untyped, unused-ignore]
 
 from h2pool import H2PoolError, Pool
 from h2pool.origin import parse_origin
-from h2pool.tls import SessionOffer
+from h2pool.tls_transport import open_tls
 
 from .held import prime_hold
 from .measure import BenchError, Run, Sample, interleaved_medians, latency_figures, percentile, progress
@@ -219,7 +220,7 @@ async def _tls_round(target: Target, version: ssl.TLSVersion, count: int, cpu: S
     return sample
 
 
-# The reference: asyncio's TLS handshake alone, no pool, over an already connected socket.
+# The reference: the pool's TLS handshake alone (h2pool.tls_transport), no pool, over a connected socket.
 
 #: The HTTP/2 client preface and an empty SETTINGS frame: the server answers, and TLS 1.3 tickets come first.
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")
@@ -251,11 +252,9 @@ async def _handshake(
     except BaseException:
         sock.close()
         raise
-    offer = SessionOffer(context, session).as_context() if session is not None else context
+    protocol = _FirstRead(loop)
     start = time.perf_counter_ns()
-    transport, protocol = await loop.create_connection(
-        lambda: _FirstRead(loop), sock=sock, ssl=offer, server_hostname=origin.host
-    )
+    transport = await open_tls(protocol, sock, context, origin.host, session)
     elapsed = time.perf_counter_ns() - start
     try:
         transport.write(_PREFACE)

@@ -50,7 +50,8 @@ from .headers import HeaderInput, RawHeaders, request_headers
 from .origin import Origin, parse_origin, parse_url
 from .response import Response
 from .slots import OriginSlots
-from .tls import SessionCache, SessionOffer, prepare_context
+from .tls import SessionCache, prepare_context
+from .tls_transport import open_tls
 from .windows import WindowBudget
 
 #: Replaces TCP and TLS set-up: given a new connection (an asyncio.Protocol),
@@ -394,8 +395,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         sessions = self._sessions
         offered = sessions.get(origin.host, origin.port, loop.time()) if sessions is not None else None
-        context = SessionOffer(self._ssl_context, offered).as_context() if offered else self._ssl_context
-        await loop.create_connection(lambda: conn, sock=sock, ssl=context, server_hostname=origin.host)
+        await open_tls(conn, sock, self._ssl_context, origin.host, offered)
         state = self._state_of(conn)
         if conn.error is not None or state is None:
             return

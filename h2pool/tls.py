@@ -1,23 +1,21 @@
-"""TLS set-up: one shared client context, ALPN ``h2``, and a way to offer a session.
+"""TLS set-up: one shared client context with ALPN ``h2``, and the session cache.
 
 Loading the CA bundle costs about 15 ms under OpenSSL 3 (httpx#3627), so the
 default context is built once per process and shared by every pool that does
 not bring its own.
 
-asyncio's ``create_connection`` takes no TLS session (cpython#79152): its
-SSL protocol calls ``sslcontext.wrap_bio(...)`` without ``session=``.
-:class:`SessionOffer` stands in for the context on one connect and adds the
-session, which works for any ``SSLContext``, including a caller's own. The
-session must come from the same context (``ValueError`` otherwise) and, for
-safety, from a handshake with the same verified hostname and port: a resumed
-handshake checks neither certificate nor hostname.
+Sessions are offered by :mod:`h2pool.tls_transport`, which calls
+``wrap_bio(..., session=...)`` itself (asyncio's ``create_connection`` takes
+no session, cpython#79152). A session must come from the same context
+(``ValueError`` otherwise) and, for safety, from a handshake with the same
+verified hostname and port: a resumed handshake checks neither certificate
+nor hostname.
 """
 
 from __future__ import annotations
 
 import ssl
 from functools import lru_cache
-from typing import Any, cast
 
 import certifi
 
@@ -43,26 +41,6 @@ def prepare_context(context: ssl.SSLContext | None) -> ssl.SSLContext:
         return default_ssl_context()
     context.set_alpn_protocols([ALPN_H2])
     return context
-
-
-class SessionOffer:
-    """A stand-in for an ``SSLContext`` that offers ``session`` on ``wrap_bio``.
-
-    Duck-typed rather than a subclass so it works with a caller's own
-    context; asyncio's SSL protocol only calls ``wrap_bio`` on it.
-    """
-
-    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession) -> None:
-        self._context = context
-        self._session = session
-
-    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, **kwargs: Any) -> ssl.SSLObject:
-        kwargs["session"] = self._session
-        return self._context.wrap_bio(incoming, outgoing, **kwargs)
-
-    def as_context(self) -> ssl.SSLContext:
-        """Typed as what ``create_connection`` accepts; asyncio only calls ``wrap_bio``."""
-        return cast(ssl.SSLContext, self)
 
 
 class SessionCache:

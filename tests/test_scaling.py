@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from h2pool import ConnectError, Handle, Pool, Response, TLSError
 from h2pool.connection import Connection
 from h2pool.origin import parse_origin
 from h2pool.testing import MockServer, PeerRequest, Reply, ScriptedPeer, idle
-from h2pool.tls import SessionCache, SessionOffer
+from h2pool.tls import SessionCache
+from h2pool.tls_transport import open_tls
 from tests.conftest import ServerFactory, require_server
 from tests.servers import Certs, ServerProcess, free_port, make_certs, start_nginx
 
@@ -277,14 +279,14 @@ async def test_a_session_for_one_hostname_is_never_offered_to_another(nginx: Ser
         assert session is not None
         # The premise: nginx itself would resume this session under the other
         # name, so only the client's refusal to offer it makes the handshake full.
-        _, writer = await asyncio.open_connection(
-            "127.0.0.1", nginx.port, ssl=SessionOffer(context, session).as_context(), server_hostname="localhost"
-        )
+        sock = socket.create_connection(("127.0.0.1", nginx.port))
+        sock.setblocking(False)
+        transport = await open_tls(asyncio.Protocol(), sock, context, "localhost", session)
         try:
-            assert writer.get_extra_info("ssl_object").session_reused
+            assert transport.get_extra_info("ssl_object").session_reused
         finally:
             # Not a TLS shutdown: nginx's own bytes may cross our close_notify.
-            writer.transport.abort()
+            transport.abort()
         first_by_name = await pool.request("GET", by_name)
         second_by_name = await pool.request("GET", by_name)
         assert _handshakes(pool, by_name_origin) == (1, 1)

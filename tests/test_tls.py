@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any, cast
 
 import pytest
 
-from h2pool.tls import ALPN_H2, SessionOffer, default_ssl_context, prepare_context
+from h2pool.tls import ALPN_H2, default_ssl_context, prepare_context
 
 
 def test_default_context_verifies_certificates_and_hostnames() -> None:
@@ -87,49 +86,3 @@ def test_prepare_context_keeps_the_callers_verification_settings() -> None:
     context.verify_mode = ssl.CERT_NONE
     prepared = prepare_context(context)
     assert (prepared.check_hostname, prepared.verify_mode) == (False, ssl.CERT_NONE)
-
-
-class _RecordingContext:
-    """Stands in for an SSLContext: records what wrap_bio was given."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
-        self.result = object()
-
-    def wrap_bio(self, *args: Any, **kwargs: Any) -> object:
-        self.calls.append((args, kwargs))
-        return self.result
-
-
-def test_session_offer_passes_the_session_to_wrap_bio() -> None:
-    stub = _RecordingContext()
-    session = cast(ssl.SSLSession, object())
-    offer = SessionOffer(cast(ssl.SSLContext, stub), session)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    result = offer.wrap_bio(incoming, outgoing, server_side=False, server_hostname="example.test")
-    assert result is stub.result
-    assert stub.calls == [
-        ((incoming, outgoing), {"server_side": False, "server_hostname": "example.test", "session": session})
-    ]
-
-
-def test_session_offer_overrides_a_session_asyncio_might_pass() -> None:
-    stub = _RecordingContext()
-    session = cast(ssl.SSLSession, object())
-    offer = SessionOffer(cast(ssl.SSLContext, stub), session)
-    offer.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), session=None)
-    assert stub.calls[0][1]["session"] is session
-
-
-def test_session_offer_as_context_is_itself() -> None:
-    offer = SessionOffer(cast(ssl.SSLContext, _RecordingContext()), cast(ssl.SSLSession, object()))
-    context: object = offer.as_context()
-    assert context is offer
-
-
-def test_session_offer_with_a_real_context_reaches_openssl() -> None:
-    # A session object that is not an SSLSession must be rejected by the real
-    # wrap_bio: proof that the keyword arrives at the ssl module, not dropped.
-    offer = SessionOffer(ssl.create_default_context(), cast(ssl.SSLSession, "not a session"))
-    with pytest.raises(TypeError, match="SSLSession"):
-        offer.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="example.test")
