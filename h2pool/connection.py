@@ -518,12 +518,18 @@ class Connection(asyncio.Protocol):
             raise self.error.for_stream(None)
 
     async def wait_ready(self) -> None:
-        """Wait for the connection to be set up; raise its error if it failed."""
+        """Wait for the connection to be set up; raise its error if it failed or has ended since.
+
+        The error says the request was not processed: nothing of it was sent.
+        A slot granted just before a GOAWAY closed the connection lands here.
+        """
         if not self.ready.done():
-            # Shielded: one waiter's cancellation must not cancel the set-up for all.
-            await asyncio.shield(self.ready)
-        elif self.error is not None:
-            raise self.error.for_stream(None)
+            # Shielded: one waiter's cancellation must not cancel the set-up
+            # for all. Its failure is the connection's error, raised below.
+            with contextlib.suppress(H2PoolError):
+                await asyncio.shield(self.ready)
+        if self.error is not None:
+            raise not_processed(self.error.for_stream(None))
 
     async def open_stream(self, headers: RawHeaders, end_stream: bool, wait_timeout: float) -> StreamState:
         """Send HEADERS on a reserved slot and return the new stream.

@@ -171,15 +171,14 @@ class _TLSLayer(asyncio.Protocol):
                 chunk = self.sslobj.read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
-                # The server's close_notify: no more data will come.
-                self.tcp.close()
-                break
             except ssl.SSLError as exc:
                 self._error = exc
                 self.tcp.abort()
                 break
             if not chunk:
+                # The server's close_notify (no data is SSLWantReadError):
+                # nothing more will come, whether or not it closes TCP too.
+                self.tcp.close()
                 break
             chunks.append(chunk)
         # Reading may produce output: TLS 1.3 key updates, alerts.
@@ -189,9 +188,16 @@ class _TLSLayer(asyncio.Protocol):
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        while view:
-            written = self.sslobj.write(view)
-            view = view[written:]
+        try:
+            while view:
+                written = self.sslobj.write(view)
+                view = view[written:]
+        except ssl.SSLError as exc:
+            # A TLS 1.2 renegotiation or a broken session: the connection
+            # cannot carry more; its streams learn so from connection_lost.
+            self._error = exc
+            self.tcp.abort()
+            return
         self._send_pending()
 
     def shutdown(self) -> None:
