@@ -280,17 +280,22 @@ class Pool:
         return state
 
     def _predict(self, state: _OriginState, conn: Connection) -> None:
-        """Dial ahead of demand once the connections' slots run low.
+        """Dial ahead of demand while the origin as a whole is past ``prewarm_threshold``.
 
         Runs on every reservation, so the common case is one comparison: the
-        chosen connection is still below ``prewarm_threshold`` of its limit.
+        chosen connection is still below the threshold of its limit. Past it,
+        connections are dialled until the origin's streams in use fit within
+        the threshold of its whole capacity (dials still connecting count):
+        headroom grows with demand, so a burst that doubles the load finds
+        most of its connections already open, where one connection of
+        headroom would leave it waiting for several dials.
         """
         ledger = conn.slots
-        limit = min(ledger.peer_limit, ledger.local_cap)
         threshold = self.config.prewarm_threshold
-        if ledger.busy < threshold * limit or state.slots.unsettled or not state.slots.may_dial():
+        if ledger.busy < threshold * min(ledger.peer_limit, ledger.local_cap):
             return
-        if state.slots.spare() < (1 - threshold) * limit:
+        slots = state.slots
+        while slots.in_use() > threshold * slots.capacity() and slots.may_dial():
             self._dial(state)
 
     async def _wait_for_slot(self, state: _OriginState, deadline: float | None) -> Connection:

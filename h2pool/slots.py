@@ -184,9 +184,13 @@ class OriginSlots(Generic[C]):
             return conn
         return None
 
-    def spare(self) -> int:
-        """Free slots over all connections still taking streams."""
-        return sum(ledger.free for ledger in self.ledgers.values())
+    def in_use(self) -> int:
+        """Slots reserved or open on connections still taking streams."""
+        return sum(ledger.busy for ledger in self.ledgers.values() if ledger.accepting)
+
+    def capacity(self) -> int:
+        """Streams the connections still taking streams may carry (assumed limits for unsettled ones)."""
+        return sum(min(ledger.peer_limit, ledger.local_cap) for ledger in self.ledgers.values() if ledger.accepting)
 
     def has_free(self, conn: C) -> bool:
         """Whether ``conn`` is filed as having a free slot."""
