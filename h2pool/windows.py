@@ -20,6 +20,13 @@ Both are plain classes with no I/O; the connection feeds them bytes and times.
 
 from __future__ import annotations
 
+#: A sample starts once this fraction (1/N) of the window, and at least
+#: SAMPLE_MIN_BYTES, has arrived since the last: early enough that the first
+#: sample of a transfer starts in its first round trip, late enough that
+#: small responses never cost a PING.
+SAMPLE_AFTER = 8
+SAMPLE_MIN_BYTES = 64 * 1024
+
 #: RFC 9113 §6.9.2: a connection's receive window starts at 65,535 bytes and
 #: cannot be taken back, so every connection holds at least this much.
 MIN_CONNECTION_WINDOW = 65_535
@@ -28,8 +35,8 @@ MIN_CONNECTION_WINDOW = 65_535
 class BdpEstimator:
     """Bandwidth-delay-product sampling by PING, during DATA bursts.
 
-    A sample starts once about half a window of DATA has arrived since the
-    last one, so small responses cost no PINGs, and at most one sample is in
+    A sample starts once an eighth of a window of DATA (at least 64 KiB) has
+    arrived since the last one, so small responses cost no PINGs, and at most one sample is in
     flight: at most one PING per round trip while a transfer lasts.
 
     A sample counts the bytes the *consumer* took during one round trip, not
@@ -60,7 +67,7 @@ class BdpEstimator:
         if self._pinged_at is not None or self.window >= self._cap:
             return False
         self._unsampled += size
-        if self._unsampled * 2 < self.window:
+        if self._unsampled < max(self.window // SAMPLE_AFTER, SAMPLE_MIN_BYTES):
             return False
         self._unsampled = 0
         self._sampled = 0

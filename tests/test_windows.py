@@ -11,7 +11,7 @@ import itertools
 
 import pytest
 
-from h2pool.windows import MIN_CONNECTION_WINDOW, BdpEstimator, WindowBudget
+from h2pool.windows import MIN_CONNECTION_WINDOW, SAMPLE_AFTER, SAMPLE_MIN_BYTES, BdpEstimator, WindowBudget
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -26,32 +26,42 @@ def feed(bdp: BdpEstimator, total: int, frame: int = FRAME) -> list[bool]:
     return answers
 
 
+def sample_threshold(window: int) -> int:
+    return max(window // SAMPLE_AFTER, SAMPLE_MIN_BYTES)
+
+
 def start_sample(bdp: BdpEstimator, at: float = 10.0) -> None:
-    """Deliver half a window so that a sample starts, and send its PING at ``at``."""
-    assert feed(bdp, bdp.window // 2)[-1] is True
+    """Deliver enough DATA that a sample starts, and send its PING at ``at``."""
+    assert feed(bdp, sample_threshold(bdp.window))[-1] is True
     bdp.pinged(at)
 
 
 # BdpEstimator
 
 
-def test_no_sample_before_half_a_window_of_data() -> None:
-    bdp = BdpEstimator(window=256 * KIB, cap=16 * MIB)
+def test_no_sample_before_an_eighth_of_the_window_has_arrived() -> None:
+    bdp = BdpEstimator(window=MIB, cap=16 * MIB)
 
     assert feed(bdp, 128 * KIB - 1, frame=1000) == [False] * 132
 
 
-def test_sample_starts_once_half_a_window_has_arrived() -> None:
-    bdp = BdpEstimator(window=256 * KIB, cap=16 * MIB)
+def test_sample_starts_once_an_eighth_of_the_window_has_arrived() -> None:
+    bdp = BdpEstimator(window=MIB, cap=16 * MIB)
 
     answers = feed(bdp, 128 * KIB)
 
     assert answers == [False] * 7 + [True]
 
 
-def test_small_responses_below_half_a_window_start_no_sample() -> None:
-    # A hundred 100-byte responses: 10 KB, far below half of even the RFC's
-    # default 65,535-byte window.
+def test_small_windows_wait_for_at_least_64_kib_before_sampling() -> None:
+    bdp = BdpEstimator(window=128 * KIB, cap=16 * MIB)
+
+    assert feed(bdp, 64 * KIB - 1, frame=1000) == [False] * 66
+    assert bdp.on_data(1) is True
+
+
+def test_small_responses_start_no_sample() -> None:
+    # A hundred 100-byte responses: 10 KB, far below the 64 KiB minimum.
     bdp = BdpEstimator(window=65_535, cap=16 * MIB)
 
     assert not any(bdp.on_data(100) for _ in range(100))
@@ -65,7 +75,7 @@ def test_only_one_sample_at_a_time() -> None:
     assert not any(feed(bdp, 4 * bdp.window))
 
 
-def test_next_sample_needs_another_half_window_after_the_ack() -> None:
+def test_next_sample_needs_as_much_data_again_after_the_ack() -> None:
     bdp = BdpEstimator(window=128 * KIB, cap=16 * MIB)
     start_sample(bdp)
     # A small sample: the window stays, and sampling starts over from zero.
