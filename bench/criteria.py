@@ -51,6 +51,7 @@ from .peers import client_factories, h2load, h2load_available, h2load_version, p
 from .report import ERROR, INFO, NOT_RUN, RESULTS_DIR, Outcome, Row, judged, machine_info, render, write_json
 from .scaling import predictive_prewarm, tls_resumption
 from .target import SERVER_KINDS, Target, default_kind, local_target, url_target
+from .windows import adaptive_windows
 from .workloads import ClientFactory, H2poolClient, load, round_trips
 
 REPETITIONS = 3
@@ -492,6 +493,7 @@ CRITERIA: dict[str, Criterion] = {
     "7. 1 MiB downloads": downloads,
     "8. TLS session resumption": partial(tls_resumption, repetitions=REPETITIONS),
     "9. predictive pre-warming": partial(predictive_prewarm, repetitions=REPETITIONS),
+    "10. adaptive windows": partial(adaptive_windows, repetitions=REPETITIONS),
 }
 
 
