@@ -36,8 +36,9 @@ class BdpEstimator:
     """Bandwidth-delay-product sampling by PING, during DATA bursts.
 
     A sample starts once an eighth of a window of DATA (at least 64 KiB) has
-    arrived since the last one, so small responses cost no PINGs, and at most one sample is in
-    flight: at most one PING per round trip while a transfer lasts.
+    arrived since the last one, so small responses cost no PINGs, and at
+    most one sample is in flight: at most one PING per round trip while a
+    transfer lasts.
 
     A sample counts the bytes the *consumer* took during one round trip, not
     the bytes that arrived: a consumer that does not read leaves a full
