@@ -151,8 +151,9 @@ class Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._unflushed = 0
         self._write_paused = False
-        self._buffered_at_pause = 0
-        self._buffered_at_pause = 0
+        #: Bytes other than request bodies written while the socket was
+        #: paused: answers (PING and SETTINGS ACKs), window updates, resets.
+        self._answers_while_paused = 0
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._open_waiters: deque[asyncio.Future[None]] = deque()
         #: Writes handed to the transport; a stream opened after the last
@@ -232,15 +233,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
-        transport = self.transport
-        if (
-            self._write_paused
-            and transport is not None
-            and transport.get_write_buffer_size() - self._buffered_at_pause > MAX_ANSWERS_WHILE_PAUSED
-        ):
-            # Uploads wait while the socket is paused, so what piles up since
-            # are answers to its PINGs and SETTINGS: a flood from a server
-            # that does not read.
+        if self._write_paused and self._answers_while_paused > MAX_ANSWERS_WHILE_PAUSED:
+            # Answers pile up behind a socket the server does not drain: a
+            # flood of PINGs or SETTINGS from a server that reads nothing.
             self._abort(ProtocolError("server floods frames that need answers but reads none", origin=self.origin_str))
             return
         if self._session_sink is not None:
@@ -276,7 +271,7 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self._buffered_at_pause = self.transport.get_write_buffer_size() if self.transport is not None else 0
+        self._answers_while_paused = 0
         # A socket that never drains would hold PINGs and resets back too
         # (golang/go#48810): give up on the connection instead.
         self._set_timer("write_stall", self.config.write_timeout, self._write_stalled)
@@ -730,11 +725,16 @@ class Connection(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        self._unflushed = 0
+        uploads, self._unflushed = self._unflushed, 0
         data = self._h2.data_to_send()
         if data and self.transport is not None:
+            paused = self._write_paused
             self.transport.write(data)
             self._writes += 1
+            if paused:
+                # Counted from the transport's own pause, not its buffer size,
+                # which the kernel's socket buffer can hide.
+                self._answers_while_paused += max(0, len(data) - uploads)
 
     def _fail(self, error: H2PoolError) -> None:
         """The connection is finished: fail what still runs on it and tell the pool."""
