@@ -78,7 +78,8 @@ class Target:
     #: The CA that signed a local server's certificate; None: the system's CAs.
     ca_path: str | None = None
     #: Where a local server's files are (criteria may add files); None for ``--url``.
-    docroot: Path | None = None
+    #: A string, not a Path: targets travel as JSON to the fresh-process rounds.
+    docroot: str | None = None
 
     @property
     def description(self) -> str:
@@ -142,7 +143,7 @@ def local_target(kind: str, workdir: Path) -> Iterator[Target]:
             small_size=DOCROOT_FILES["small"],
             download_size=DOCROOT_FILES["1m"],
             ca_path=str(certs.ca_path),
-            docroot=docroot,
+            docroot=str(docroot),
         )
         yield target
     finally:

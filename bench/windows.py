@@ -79,7 +79,7 @@ async def adaptive_windows(target: Target, *, repetitions: int) -> Outcome:
     criterion = "10. 64 MiB over a 40 ms round trip"
     if target.docroot is None:
         return Outcome([Row(criterion, "", "only against the local server (needs our file and proxy)", NOT_RUN)], {})
-    _big_file(target.docroot)
+    _big_file(Path(target.docroot))
     upstream = urlsplit(target.small_url).port or 443
     with DelayProxyProcess(upstream, DELAY_S) as proxy:
         url = f"{proxy.origin}/{BIG_NAME}"
