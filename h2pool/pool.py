@@ -462,17 +462,17 @@ class Pool:
         if state is None:
             return
         state.slots.remove(conn)
-        if conn.ready.done() and conn.ready.exception() is not None:
+        never_ready = conn.ready.done() and conn.ready.exception() is not None
+        if never_ready:
             state.dial_failures += 1
-            delay = min(self.config.retry_backoff_max, self.config.retry_backoff * 2 ** (state.dial_failures - 1))
             if state.redial is None:
+                delay = self._backoff_cap(state.dial_failures)
                 state.redial = conn.loop.call_later(delay, self._redial, state)
         else:
             state.dial_failures = 0
             self._keep_minimum(state)
         if not state.waiters:
             return
-        never_ready = conn.ready.done() and conn.ready.exception() is not None
         if never_ready and not state.slots.ledgers and conn.error is not None:
             # The origin is unreachable: waiting on would only end in AcquireTimeout.
             self._fail_waiters(state, conn.error)
@@ -532,6 +532,10 @@ class Pool:
                     surplus -= 1
             self._serve(state)
 
+    def _backoff_cap(self, failures: int) -> float:
+        """Exponential backoff from ``retry_backoff``, capped at ``retry_backoff_max``."""
+        return min(self.config.retry_backoff_max, self.config.retry_backoff * 2.0 ** (failures - 1))
+
     def _redial(self, state: _OriginState) -> None:
         state.redial = None
         self._keep_minimum(state)
@@ -554,7 +558,6 @@ class Pool:
                     "closed: more idle connections than max_idle_connections_per_origin", origin=conn.origin_str
                 )
             )
-            return
 
     def _start_idle_clock(self, conn: Connection) -> None:
         conn.idle_since = conn.loop.time()
@@ -615,8 +618,7 @@ class Pool:
                 self._origins[target.origin].replays += 1
                 if isinstance(exc, StreamReset):
                     # The server is shedding load: back off, capped and jittered.
-                    cap = min(self.config.retry_backoff_max, self.config.retry_backoff * 2 ** (attempt - 1))
-                    await asyncio.sleep(random.uniform(0, cap))
+                    await asyncio.sleep(random.uniform(0, self._backoff_cap(attempt)))
 
     async def _send_request(
         self, ctx: StreamContext, origin: Origin, block: RawHeaders, body: bytes | AsyncIterable[bytes] | None
