@@ -144,27 +144,18 @@ def recording(loop: asyncio.AbstractEventLoop) -> Recording:
 # Slots.
 
 
-def test_origin_slot_reserve_and_release(benchmark: Any) -> None:
+@pytest.mark.parametrize(
+    "peer_limit",
+    [
+        pytest.param(256, id="room-left"),
+        # The connection fills up and is refiled as free again: the costlier path.
+        pytest.param(1, id="last-free-slot"),
+    ],
+)
+def test_origin_slot_reserve_and_release(benchmark: Any, peer_limit: int) -> None:
     slots: OriginSlots[str] = OriginSlots(max_connections=10)
     slots.add("conn", SlotLedger(local_cap=1000))
-    slots.settle("conn", 256)
-    ledgers = slots.ledgers
-
-    def reserve_and_release() -> None:
-        conn = slots.reserve()
-        assert conn is not None
-        ledgers[conn].unreserve()
-        slots.refresh(conn)
-
-    benchmark(reserve_and_release)
-    assert ledgers["conn"].busy == 0
-
-
-def test_origin_slot_reserve_last_free_slot(benchmark: Any) -> None:
-    """The connection fills up and is refiled as free again: the costlier path."""
-    slots: OriginSlots[str] = OriginSlots(max_connections=10)
-    slots.add("conn", SlotLedger(local_cap=1000))
-    slots.settle("conn", 1)
+    slots.settle("conn", peer_limit)
     ledgers = slots.ledgers
 
     def reserve_and_release() -> None:
