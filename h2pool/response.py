@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from .headers import Headers
@@ -47,10 +47,7 @@ class Response:
             if self._content:
                 yield self._content
             return
-        if self._consumed:
-            raise RuntimeError("the body was already consumed")
-        self._consumed = True
-        read = self._handle.read_data
+        read = self._start_reading()
         while chunk := await read():
             yield chunk
         self._body_done()
@@ -58,20 +55,20 @@ class Response:
     async def aread(self) -> bytes:
         """Read the rest of the body and return all of it."""
         if self._content is None:
-            if self._consumed:
-                raise RuntimeError("the body was already consumed by aiter_bytes()")
-            self._consumed = True
-            read = self._handle.read_data
-            first = await read()
-            if not first:
-                self._content = b""
-            else:
-                chunks = [first]
-                while chunk := await read():
-                    chunks.append(chunk)
-                self._content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            read = self._start_reading()
+            chunks = []
+            while chunk := await read():
+                chunks.append(chunk)
+            # Most bodies arrive in one read: no copy then.
+            self._content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
             self._body_done()
         return self._content
+
+    def _start_reading(self) -> Callable[[], Awaitable[bytes]]:
+        if self._consumed:
+            raise RuntimeError("the body was already consumed by aiter_bytes()")
+        self._consumed = True
+        return self._handle.read_data
 
     async def aclose(self) -> None:
         """Stop reading: the stream is reset if unfinished and its slot returned."""
