@@ -233,10 +233,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = self.loop.time()
-        if self._write_paused and self._answers_while_paused > MAX_ANSWERS_WHILE_PAUSED:
-            # Answers pile up behind a socket the server does not drain: a
-            # flood of PINGs or SETTINGS from a server that reads nothing.
-            self._abort(ProtocolError("server floods frames that need answers but reads none", origin=self.origin_str))
+        if self._flooded():
             return
         if self._session_sink is not None:
             self._offer_session()
@@ -735,6 +732,19 @@ class Connection(asyncio.Protocol):
                 # Counted from the transport's own pause, not its buffer size,
                 # which the kernel's socket buffer can hide.
                 self._answers_while_paused += max(0, len(data) - uploads)
+                self._flooded()
+
+    def _flooded(self) -> bool:
+        """Abort if answers pile up behind a socket the server does not drain.
+
+        That is a flood of PINGs or SETTINGS from a server that reads
+        nothing; checked as answers are written and as more frames arrive.
+        """
+        if not self._write_paused or self._answers_while_paused <= MAX_ANSWERS_WHILE_PAUSED:
+            return False
+        if self.error is None:
+            self._abort(ProtocolError("server floods frames that need answers but reads none", origin=self.origin_str))
+        return True
 
     def _fail(self, error: H2PoolError) -> None:
         """The connection is finished: fail what still runs on it and tell the pool."""
