@@ -216,6 +216,13 @@ class Peer:
         self.writer.transport.set_read_buffer_limits(high=4096)  # type: ignore[attr-defined]
         if self._reader_task is not None:
             self._reader_task.cancel()
+        # asyncio's TLS layer would go on reading the socket into its own
+        # buffers for a while (how long varies run to run): stop the socket
+        # itself, so the client's writes really back up.
+        ssl_protocol = getattr(self.writer.transport, "_ssl_protocol", None)
+        raw = getattr(ssl_protocol, "_transport", None)
+        if raw is not None:
+            raw.pause_reading()
 
     # Waiting for the client.
 
