@@ -24,6 +24,7 @@ from .exceptions import (
 )
 from .handle import Handle
 from .headers import Headers, ResponseHead
+from .hooks import ConnectionInfo, PoolHooks
 from .origin import Origin
 from .pool import OriginStats, Pool, PoolStats
 from .response import Response
@@ -35,6 +36,7 @@ __all__ = [
     "AcquireTimeout",
     "ConnectError",
     "ConnectTimeout",
+    "ConnectionInfo",
     "ConnectionClosed",
     "ConnectionLost",
     "ConnectionTerminated",
@@ -48,6 +50,7 @@ __all__ = [
     "Pool",
     "PoolClosed",
     "PoolConfig",
+    "PoolHooks",
     "PoolStats",
     "ProtocolError",
     "ReadTimeout",

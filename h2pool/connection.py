@@ -50,6 +50,7 @@ from .exceptions import (
     not_processed,
 )
 from .headers import RawHeaders, ResponseHead, parse_response_head, parse_trailers
+from .hooks import ConnectionInfo, PoolHooks, call_hook
 from .slots import SlotLedger
 from .stream import StreamState
 from .windows import MIN_CONNECTION_WINDOW, BdpEstimator, WindowBudget
@@ -110,6 +111,9 @@ class ConnectionListener(Protocol):
     def on_closed(self, conn: Connection) -> None:
         """The connection is gone."""
 
+    def on_stream_error(self, conn: Connection, error: H2PoolError) -> None:
+        """A stream on ``conn`` ended in ``error`` (counted per origin)."""
+
 
 class Connection(asyncio.Protocol):
     """A client HTTP/2 connection to one origin."""
@@ -121,13 +125,17 @@ class Connection(asyncio.Protocol):
         listener: ConnectionListener,
         peer_limit: int,
         budget: WindowBudget | None = None,
+        hooks: PoolHooks | None = None,
     ) -> None:
         self.origin = origin
         self.origin_str = str(origin)
+        self.info = ConnectionInfo(self.origin_str)
+        self.hooks = hooks
         self.config = config
         self.listener = listener
         self.slots = SlotLedger(config.max_concurrent_streams, peer_limit)
         self.loop = asyncio.get_running_loop()
+        self._dialled_at = self.loop.time()
         #: Resolves when TLS, ALPN and the client preface are done.
         self.ready: asyncio.Future[None] = self.loop.create_future()
         #: Resolves when the peer's first SETTINGS have arrived.
@@ -209,10 +217,15 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.transport = transport
+        info = self.info
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            info.remote_address = peer[0]
         if self.origin.scheme == "https":
             ssl_object = transport.get_extra_info("ssl_object")
             selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-            self.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
+            self.tls_resumed = info.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
+            info.tls_version = ssl_object.version() if ssl_object is not None else None
             if selected != "h2":
                 self._fail(
                     ALPNError(
@@ -227,6 +240,10 @@ class Connection(asyncio.Protocol):
             self._h2.increment_flow_control_window(self.receive_window - MIN_CONNECTION_WINDOW)
         self._flush()
         self.ready.set_result(None)
+        seconds = self.loop.time() - self._dialled_at
+        logger.debug("connection #%d to %s (%s) open after %.1f ms", info.id, self.origin_str, peer, seconds * 1e3)
+        if self.hooks is not None:
+            call_hook(self.hooks, "connection_opened", info, seconds)
         self._set_timer("keepalive", self.config.ping_interval, self._check_quiet)
         if self.config.max_lifetime is not None:
             self._set_timer("lifetime", self.config.max_lifetime, self.retire)
@@ -344,7 +361,7 @@ class Connection(asyncio.Protocol):
                     origin=self.origin_str,
                     stream_id=stream.stream_id,
                 )
-            stream.fail(error)
+            self.fail_stream(stream, error)
             self._release_slot(stream)
 
     def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
@@ -368,11 +385,14 @@ class Connection(asyncio.Protocol):
         code = event.error_code if event.error_code is not None else ErrorCodes.NO_ERROR
         detail = event.additional_data.decode("utf-8", "replace") if event.additional_data else ""
         self.goaway = ConnectionTerminated(code, last, origin=self.origin_str, detail=detail)
+        logger.debug("connection #%d to %s: %s", self.info.id, self.origin_str, self.goaway)
+        if self.hooks is not None:
+            call_hook(self.hooks, "goaway", self.info, self.goaway)
         self.listener.on_draining(self)
         # Streams above last_stream_id were never processed: they end here.
         for stream in [s for s in self._streams.values() if s.stream_id > last]:
             stream.reset = True
-            stream.fail(not_processed(self.goaway.for_stream(stream.stream_id)))
+            self.fail_stream(stream, not_processed(self.goaway.for_stream(stream.stream_id)))
             self._release_slot(stream)
         self._wake_open_waiters()
 
@@ -387,6 +407,8 @@ class Connection(asyncio.Protocol):
         self._cancel_timer("ping")
         self._ping_payload = None
         self.ping_rtt = self.loop.time() - self._ping_sent_at
+        if self.hooks is not None:
+            call_hook(self.hooks, "ping_rtt", self.info, self.ping_rtt)
         if self.slots.degraded:
             self.slots.degraded = False
             self.listener.on_capacity(self)
@@ -553,6 +575,8 @@ class Connection(asyncio.Protocol):
         self._streams[stream_id] = stream
         self.slots.opened()
         self._schedule_flush()
+        if self.hooks is not None:
+            call_hook(self.hooks, "stream_opened", self.info, stream_id)
         return stream
 
     async def send_data(self, stream: StreamState, data: bytes, end_stream: bool) -> None:
@@ -638,10 +662,20 @@ class Connection(asyncio.Protocol):
 
     # Internals.
 
+    def report_stream_error(self, error: H2PoolError) -> None:
+        """Count a stream's failure for the pool's per-origin statistics."""
+        self.listener.on_stream_error(self, error)
+
+    def fail_stream(self, stream: StreamState, error: H2PoolError) -> None:
+        """``stream`` cannot go on: its reader and sender see ``error``."""
+        if stream.error is None:
+            self.report_stream_error(error)
+        stream.fail(error)
+
     def _malformed(self, stream: StreamState, error: ProtocolError) -> None:
         """A malformed response is a stream error (RFC 9113 §8.1.1): reset that stream only."""
+        self.fail_stream(stream, error)
         self.finish(stream, ErrorCodes.PROTOCOL_ERROR)
-        stream.fail(error)
 
     def _check_sendable(self, stream: StreamState) -> None:
         if stream.error is not None:
@@ -669,6 +703,8 @@ class Connection(asyncio.Protocol):
         self._streams.pop(stream.stream_id, None)
         self.slots.closed()
         self._h2.forget_stream(stream.stream_id)
+        if self.hooks is not None:
+            call_hook(self.hooks, "stream_closed", self.info, stream.stream_id, stream.error)
         self._wake_open_waiters()
         self.listener.on_capacity(self)
 
@@ -765,15 +801,20 @@ class Connection(asyncio.Protocol):
             stream_error = error.for_stream(stream.stream_id)
             if stream.written_at == self._writes:
                 not_processed(stream_error)
-            stream.fail(stream_error)
+            self.fail_stream(stream, stream_error)
             if not stream.slot_released:
                 stream.slot_released = True
                 self.slots.closed()
+                if self.hooks is not None:
+                    call_hook(self.hooks, "stream_closed", self.info, stream.stream_id, stream_error)
         self._streams.clear()
         self._wake_open_waiters()
         self._wake_drain_waiters()
         if self.transport is not None:
             self.transport.close()
+        logger.debug("connection #%d to %s closed: %s", self.info.id, self.origin_str, error)
+        if self.hooks is not None:
+            call_hook(self.hooks, "connection_closed", self.info, error)
         self.listener.on_closed(self)
 
 

@@ -127,8 +127,8 @@ class Handle:
     def fail(self, error: H2PoolError) -> None:
         """Abandon the stream because of a local ``error``, which its reader will raise."""
         if self._stream is not None:
+            self._conn.fail_stream(self._stream, error)
             self._conn.finish(self._stream)
-            self._stream.fail(error)
 
     def release(self) -> None:
         """Give the slot back; idempotent. Open streams are reset with CANCEL."""
@@ -174,11 +174,15 @@ class Handle:
         # Silence may mean a dead connection: check it before it takes more streams.
         self._conn.health_check()
         timeout = self._conn.config.read_timeout
-        return ReadTimeout(
+        error = ReadTimeout(
             f"no response data within {timeout} s", origin=self._conn.origin_str, stream_id=self.stream_id
         )
+        self._conn.report_stream_error(error)
+        return error
 
     def _request_timeout(self) -> H2PoolError:
-        return RequestTimeout(
+        error = RequestTimeout(
             "the request's total timeout expired", origin=self._conn.origin_str, stream_id=self.stream_id
         )
+        self._conn.report_stream_error(error)
+        return error

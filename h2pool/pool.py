@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import logging
 import random
 import socket
 import ssl
@@ -47,6 +48,7 @@ from .exceptions import (
 )
 from .handle import Handle
 from .headers import HeaderInput, RawHeaders, request_headers
+from .hooks import PoolHooks, call_hook
 from .origin import Origin, parse_origin, parse_url
 from .response import Response
 from .slots import OriginSlots
@@ -59,6 +61,8 @@ from .windows import WindowBudget
 #: to attach in-memory peers; OSError and ssl.SSLError it raises count as
 #: connect failures.
 Connector = Callable[[Connection], Awaitable[None]]
+
+logger = logging.getLogger("h2pool")
 
 RequestContent = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
 
@@ -84,6 +88,14 @@ class OriginStats:
     replays: int
     handshakes_full: int
     handshakes_resumed: int
+    #: Streams that ended in an error, by exception class name. A lost
+    #: connection counts once per stream it carried; replayed requests
+    #: count each failed attempt.
+    stream_errors: dict[str, int] = field(default_factory=dict)
+    #: Connections that failed or ended in an error, by exception class
+    #: name; the pool's own closes (idle, drained) and graceful GOAWAYs are
+    #: not errors.
+    connection_errors: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,7 @@ class PoolStats:
 
 class _OriginState:
     __slots__ = (
+        "connection_errors",
         "dial_failures",
         "dials",
         "handshakes_full",
@@ -115,6 +128,7 @@ class _OriginState:
         "redial",
         "replays",
         "slots",
+        "stream_errors",
         "waiters",
     )
 
@@ -129,6 +143,8 @@ class _OriginState:
         self.handshakes_resumed = 0
         self.dial_failures = 0
         self.redial: asyncio.TimerHandle | None = None
+        self.stream_errors: dict[str, int] = {}
+        self.connection_errors: dict[str, int] = {}
 
 
 class Pool:
@@ -139,9 +155,15 @@ class Pool:
     """
 
     def __init__(
-        self, ssl_context: ssl.SSLContext | None = None, *, connector: Connector | None = None, **options: Any
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        connector: Connector | None = None,
+        hooks: PoolHooks | None = None,
+        **options: Any,
     ) -> None:
         self.config = PoolConfig(**options)
+        self._hooks = hooks
         self._ssl_context = prepare_context(ssl_context)
         self._connector = connector
         self._origins: dict[Origin, _OriginState] = {}
@@ -209,6 +231,8 @@ class Pool:
                 replays=state.replays,
                 handshakes_full=state.handshakes_full,
                 handshakes_resumed=state.handshakes_resumed,
+                stream_errors=dict(state.stream_errors),
+                connection_errors=dict(state.connection_errors),
             )
         values = origins.values()
         return PoolStats(
@@ -256,6 +280,8 @@ class Pool:
         if self._closed:
             raise PoolClosed("the pool is closed", origin=str(origin))
         state = self._state_for(origin)
+        hooks = self._hooks
+        started = asyncio.get_running_loop().time() if hooks is not None else 0.0
         conn = state.slots.reserve()
         if conn is None and state.slots.may_dial():
             self._dial(state)
@@ -271,6 +297,8 @@ class Pool:
             except BaseException:
                 conn.unreserve()
                 raise
+        if hooks is not None:
+            call_hook(hooks, "slot_acquired", str(origin), conn.loop.time() - started)
         return Handle(conn, deadline)
 
     def _state_for(self, origin: Origin) -> _OriginState:
@@ -345,7 +373,9 @@ class Pool:
     # Connections.
 
     def _dial(self, state: _OriginState) -> Connection:
-        conn = Connection(state.origin, self.config, self, state.slots.initial_peer_limit(), self._window_budget)
+        conn = Connection(
+            state.origin, self.config, self, state.slots.initial_peer_limit(), self._window_budget, self._hooks
+        )
         state.slots.add(conn, conn.slots)
         task = asyncio.get_running_loop().create_task(self._connect(conn))
         state.dials.add(task)
@@ -400,10 +430,13 @@ class Pool:
         loop = asyncio.get_running_loop()
         sessions = self._sessions
         offered = sessions.get(origin.host, origin.port, loop.time()) if sessions is not None else None
+        started = loop.time()
         await open_tls(conn, sock, self._ssl_context, origin.host, offered)
         state = self._state_of(conn)
         if conn.error is not None or state is None:
             return
+        if self._hooks is not None:
+            call_hook(self._hooks, "tls_handshake", conn.info, conn.tls_resumed, loop.time() - started)
         if conn.tls_resumed:
             state.handshakes_resumed += 1
         else:
@@ -457,10 +490,17 @@ class Pool:
         elif state.waiters:
             self._serve(state)
 
+    def on_stream_error(self, conn: Connection, error: H2PoolError) -> None:
+        state = self._state_of(conn)
+        if state is not None:
+            _count(state.stream_errors, error)
+
     def on_closed(self, conn: Connection) -> None:
         state = self._state_of(conn)
         if state is None:
             return
+        if conn.error is not None and _is_connection_error(conn.error):
+            _count(state.connection_errors, conn.error)
         state.slots.remove(conn)
         never_ready = conn.ready.done() and conn.ready.exception() is not None
         if never_ready:
@@ -616,6 +656,7 @@ class Pool:
                         raise
                 ctx.abandon_attempt()
                 self._origins[target.origin].replays += 1
+                logger.debug("replaying %s %s after %r", ctx.method, ctx.url, exc)
                 if isinstance(exc, StreamReset):
                     # The server is shedding load: back off, capped and jittered.
                     await asyncio.sleep(random.uniform(0, self._backoff_cap(attempt)))
@@ -632,6 +673,18 @@ class Pool:
             ctx.body_task = asyncio.get_running_loop().create_task(_send_body(handle, body))
         status, headers = await handle.read_headers()
         return Response(handle, status, headers)
+
+
+def _count(counts: dict[str, int], error: H2PoolError) -> None:
+    kind = type(error).__name__
+    counts[kind] = counts.get(kind, 0) + 1
+
+
+def _is_connection_error(error: H2PoolError) -> bool:
+    """Whether a connection's end was a failure, not a close the pool or a graceful GOAWAY chose."""
+    if isinstance(error, ConnectionTerminated):
+        return error.error_code != ErrorCodes.NO_ERROR
+    return type(error) is not ConnectionClosed and not isinstance(error, PoolClosed)
 
 
 def _drained_after_progress(error: H2PoolError) -> bool:

@@ -22,6 +22,7 @@ import pytest
 
 from h2pool.config import PoolConfig
 from h2pool.connection import Connection
+from h2pool.exceptions import H2PoolError
 from h2pool.headers import parse_response_head, request_headers
 from h2pool.origin import Origin
 from h2pool.slots import OriginSlots, SlotLedger
@@ -74,13 +75,13 @@ class QuietListener:
     def on_capacity(self, conn: Connection) -> None:
         pass
 
-    def on_goaway(self, conn: Connection) -> None:
-        pass
-
     def on_draining(self, conn: Connection) -> None:
         pass
 
     def on_closed(self, conn: Connection) -> None:
+        pass
+
+    def on_stream_error(self, conn: Connection, error: H2PoolError) -> None:
         pass
 
 
