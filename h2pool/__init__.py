@@ -27,6 +27,7 @@ from .headers import Headers, ResponseHead
 from .hooks import ConnectionInfo, PoolHooks
 from .origin import Origin
 from .pool import OriginStats, Pool, PoolStats
+from .priority import Priority
 from .response import Response
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "PoolConfig",
     "PoolHooks",
     "PoolStats",
+    "Priority",
     "ProtocolError",
     "ReadTimeout",
     "RequestBodyError",

@@ -51,6 +51,7 @@ from .exceptions import (
 )
 from .headers import RawHeaders, ResponseHead, parse_response_head, parse_trailers
 from .hooks import ConnectionInfo, PoolHooks, call_hook
+from .priority import DEFAULT_URGENCY
 from .slots import SlotLedger
 from .stream import StreamState
 from .windows import MIN_CONNECTION_WINDOW, BdpEstimator, WindowBudget
@@ -71,6 +72,9 @@ MAX_ANSWERS_WHILE_PAUSED = 128 * 1024
 #: The payload of the PINGs that sample the bandwidth-delay product; health
 #: PINGs count up from 1 and never take this value in practice.
 _BDP_PING = b"h2pl-bdp"
+
+#: RFC 9218 §2.1; h2 has no name for it, and sends unknown settings as given.
+SETTINGS_NO_RFC7540_PRIORITIES = 0x9
 
 #: Reads to wait for a TLS 1.3 session ticket before assuming none comes.
 _SESSION_READS = 3
@@ -196,6 +200,10 @@ class Connection(asyncio.Protocol):
                 codes.MAX_FRAME_SIZE: config.max_frame_size,
                 codes.HEADER_TABLE_SIZE: config.header_table_size,
                 codes.MAX_HEADER_LIST_SIZE: config.max_header_list_size,
+                # We signal priorities with RFC 9218's header, never with
+                # RFC 7540's PRIORITY frames: saying so lets a server skip
+                # building a dependency tree for us (RFC 9218 §2.1).
+                SETTINGS_NO_RFC7540_PRIORITIES: 1,
             },
         )
         # Settings given as initial values count as acknowledged, so h2 would
@@ -545,7 +553,9 @@ class Connection(asyncio.Protocol):
         if self.error is not None:
             raise not_processed(self.error.for_stream(None))
 
-    async def open_stream(self, headers: RawHeaders, end_stream: bool, wait_timeout: float) -> StreamState:
+    async def open_stream(
+        self, headers: RawHeaders, end_stream: bool, wait_timeout: float, urgency: int = DEFAULT_URGENCY
+    ) -> StreamState:
         """Send HEADERS on a reserved slot and return the new stream.
 
         Waits while the peer's limit is below the open streams (it may have
@@ -570,7 +580,7 @@ class Connection(asyncio.Protocol):
             self.listener.on_draining(self)
             raise not_processed(self.goaway.for_stream(None)) from None
         self._h2.send_headers(stream_id, headers, end_stream=end_stream)
-        stream = StreamState(stream_id, self._writes)
+        stream = StreamState(stream_id, self._writes, urgency)
         stream.local_closed = end_stream
         self._streams[stream_id] = stream
         self.slots.opened()
@@ -748,7 +758,10 @@ class Connection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def _wake_all_senders(self) -> None:
-        for stream in self._streams.values():
+        """New window for every stream: the most urgent senders resume first and take it first."""
+        waiting = [stream for stream in self._streams.values() if stream.sending_blocked]
+        waiting.sort(key=_urgency)
+        for stream in waiting:
             stream.wake_sender()
 
     def _schedule_flush(self) -> None:
@@ -816,6 +829,10 @@ class Connection(asyncio.Protocol):
         if self.hooks is not None:
             call_hook(self.hooks, "connection_closed", self.info, error)
         self.listener.on_closed(self)
+
+
+def _urgency(stream: StreamState) -> int:
+    return stream.urgency
 
 
 def _stream_reset(code: Any, origin: str, stream_id: int) -> H2PoolError:

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING
 from h2.errors import ErrorCodes
 
 from .exceptions import H2PoolError, ReadTimeout, RequestTimeout
-from .headers import HeaderInput, Headers, RawHeaders, ResponseHead, request_headers, trailer_headers
+from .headers import (
+    HeaderInput,
+    Headers,
+    RawHeaders,
+    ResponseHead,
+    add_priority_header,
+    request_headers,
+    trailer_headers,
+)
+from .priority import DEFAULT_PRIORITY, Priority
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -27,16 +36,17 @@ class Handle:
 
     ``deadline`` (event-loop time, or None) bounds every wait of the handle
     on top of the per-event ``read_timeout``; ``pool.request(timeout=...)``
-    sets it.
+    sets it. ``priority`` orders the request body for send window (RFC 9218).
     """
 
-    __slots__ = ("_conn", "_released", "_stream", "deadline")
+    __slots__ = ("_conn", "_released", "_stream", "deadline", "priority")
 
-    def __init__(self, conn: Connection, deadline: float | None = None) -> None:
+    def __init__(self, conn: Connection, deadline: float | None = None, priority: Priority = DEFAULT_PRIORITY) -> None:
         self._conn = conn
         self._stream: StreamState | None = None
         self._released = False
         self.deadline = deadline
+        self.priority = priority
 
     def __repr__(self) -> str:
         return f"<Handle {self._conn.origin_str} stream={self.stream_id}>"
@@ -64,16 +74,21 @@ class Handle:
         """Send the request's HEADERS; returns the new stream ID.
 
         ``path`` is the ``:path`` (with query); ``:authority`` comes from the
-        origin unless ``headers`` has a ``host``.
+        origin unless ``headers`` has a ``host``. The handle's priority goes
+        out as the ``priority`` header unless ``headers`` has one.
         """
-        return await self.send_block(request_headers(method, self._conn.origin, path, headers), end_stream=end_stream)
+        block = request_headers(method, self._conn.origin, path, headers)
+        add_priority_header(block, self.priority)
+        return await self.send_block(block, end_stream=end_stream)
 
     async def send_block(self, block: RawHeaders, *, end_stream: bool = False) -> int:
         """Send a header block already built by :func:`h2pool.headers.request_headers`."""
         if self._stream is not None:
             raise RuntimeError(f"{self!r}: headers were already sent")
         self._check_held()
-        self._stream = await self._conn.open_stream(block, end_stream, self._conn.config.acquire_timeout)
+        self._stream = await self._conn.open_stream(
+            block, end_stream, self._conn.config.acquire_timeout, self.priority.urgency
+        )
         return self._stream.stream_id
 
     async def send_data(self, data: bytes, *, end_stream: bool = False) -> None:

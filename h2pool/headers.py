@@ -18,6 +18,7 @@ from hpack import NeverIndexedHeaderTuple
 
 from .exceptions import InvalidRequest, ProtocolError
 from .origin import Origin, check_path
+from .priority import Priority
 
 HeaderValue = str | bytes
 HeaderInput = Mapping[str, str] | Mapping[bytes, bytes] | Iterable[tuple[HeaderValue, HeaderValue]] | None
@@ -173,6 +174,13 @@ def request_headers(method: str, origin: Origin, path: str, headers: HeaderInput
         (b":path", path.encode("latin-1")),
         *fields,
     ]
+
+
+def add_priority_header(block: RawHeaders, priority: Priority) -> None:
+    """Append RFC 9218's ``priority`` field unless it is all defaults or the caller set one."""
+    value = priority.header_value()
+    if value and not any(name == b"priority" for name, _ in block):
+        block.append((b"priority", value))
 
 
 def trailer_headers(headers: HeaderInput, origin: Origin) -> RawHeaders:

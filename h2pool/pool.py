@@ -19,7 +19,6 @@ import logging
 import random
 import socket
 import ssl
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -47,9 +46,10 @@ from .exceptions import (
     TLSHandshakeTimeout,
 )
 from .handle import Handle
-from .headers import HeaderInput, RawHeaders, request_headers
+from .headers import HeaderInput, RawHeaders, add_priority_header, request_headers
 from .hooks import PoolHooks, call_hook
 from .origin import Origin, parse_origin, parse_url
+from .priority import DEFAULT_PRIORITY, Priority, UrgencyQueue
 from .response import Response
 from .slots import OriginSlots
 from .tls import SessionCache, prepare_context
@@ -135,7 +135,8 @@ class _OriginState:
     def __init__(self, origin: Origin, max_connections: int) -> None:
         self.origin = origin
         self.slots: OriginSlots[Connection] = OriginSlots(max_connections)
-        self.waiters: deque[asyncio.Future[Connection]] = deque()
+        #: Callers waiting for a slot: most urgent first, FIFO within an urgency.
+        self.waiters: UrgencyQueue[asyncio.Future[Connection]] = UrgencyQueue()
         self.dials: set[asyncio.Task[None]] = set()
         #: Requests replayed because the server never processed them.
         self.replays = 0
@@ -182,9 +183,14 @@ class Pool:
 
     # Public API.
 
-    def acquire(self, origin: str | Origin) -> AcquireContext:
-        """``async with pool.acquire(origin) as handle``: a reserved stream slot."""
-        return AcquireContext(self, parse_origin(origin))
+    def acquire(self, origin: str | Origin, *, priority: Priority | None = None) -> AcquireContext:
+        """``async with pool.acquire(origin) as handle``: a reserved stream slot.
+
+        ``priority`` orders this caller among those waiting for a slot and its
+        request body among those waiting for send window; ``send_headers``
+        sends it as the ``priority`` header.
+        """
+        return AcquireContext(self, parse_origin(origin), priority or DEFAULT_PRIORITY)
 
     def stream(
         self,
@@ -194,9 +200,10 @@ class Pool:
         headers: HeaderInput = None,
         content: RequestContent = None,
         timeout: float | None = None,
+        priority: Priority | None = None,
     ) -> StreamContext:
         """``async with pool.stream(...) as response``: the body is read inside the block."""
-        return StreamContext(self, method, url, headers, content, timeout)
+        return StreamContext(self, method, url, headers, content, timeout, priority or DEFAULT_PRIORITY)
 
     async def request(
         self,
@@ -206,13 +213,18 @@ class Pool:
         headers: HeaderInput = None,
         content: RequestContent = None,
         timeout: float | None = None,
+        priority: Priority | None = None,
     ) -> Response:
         """Send a request and read the whole response.
 
         ``timeout`` bounds the whole request (acquire, send, receive) on top
-        of the pool's per-step timeouts.
+        of the pool's per-step timeouts. ``priority`` (RFC 9218) is sent as
+        the ``priority`` header and orders the request locally: see
+        :meth:`acquire`.
         """
-        async with StreamContext(self, method, url, headers, content, timeout) as response:
+        async with StreamContext(
+            self, method, url, headers, content, timeout, priority or DEFAULT_PRIORITY
+        ) as response:
             await response.aread()
         return response
 
@@ -276,7 +288,9 @@ class Pool:
 
     # Acquiring slots.
 
-    async def _acquire(self, origin: Origin, deadline: float | None = None) -> Handle:
+    async def _acquire(
+        self, origin: Origin, deadline: float | None = None, priority: Priority = DEFAULT_PRIORITY
+    ) -> Handle:
         if self._closed:
             raise PoolClosed("the pool is closed", origin=str(origin))
         state = self._state_for(origin)
@@ -287,7 +301,7 @@ class Pool:
             self._dial(state)
             conn = state.slots.reserve()
         if conn is None:
-            conn = await self._wait_for_slot(state, deadline)
+            conn = await self._wait_for_slot(state, deadline, priority.urgency)
         elif self.config.predictive_prewarm:
             self._predict(state, conn)
         conn.idle_since = None
@@ -299,7 +313,7 @@ class Pool:
                 raise
         if hooks is not None:
             call_hook(hooks, "slot_acquired", str(origin), conn.loop.time() - started)
-        return Handle(conn, deadline)
+        return Handle(conn, deadline, priority)
 
     def _state_for(self, origin: Origin) -> _OriginState:
         state = self._origins.get(origin)
@@ -326,10 +340,10 @@ class Pool:
         while slots.in_use() > threshold * slots.capacity() and slots.may_dial():
             self._dial(state)
 
-    async def _wait_for_slot(self, state: _OriginState, deadline: float | None) -> Connection:
+    async def _wait_for_slot(self, state: _OriginState, deadline: float | None, urgency: int) -> Connection:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Connection] = loop.create_future()
-        state.waiters.append(waiter)
+        state.waiters.append(waiter, urgency)
         timeout = self.config.acquire_timeout
         bound_by_deadline = deadline is not None and deadline - loop.time() < timeout
         try:
@@ -347,11 +361,11 @@ class Pool:
             raise
 
     def _serve(self, state: _OriginState) -> None:
-        """Hand free slots to waiters in FIFO order, dialling where allowed."""
+        """Hand free slots to waiters, most urgent first, dialling where allowed."""
         waiters = state.waiters
         slots = state.slots
         while waiters:
-            waiter = waiters[0]
+            waiter = waiters.first()
             if waiter.done():
                 waiters.popleft()
                 continue
@@ -633,6 +647,7 @@ class Pool:
     async def _open_response(self, ctx: StreamContext) -> Response:
         target = parse_url(ctx.url)
         block = request_headers(ctx.method, target.origin, target.path, ctx.headers)
+        add_priority_header(block, ctx.priority)
         body = _body_of(ctx.content, target.origin)
         attempt = drained = 0
         while True:
@@ -664,7 +679,7 @@ class Pool:
     async def _send_request(
         self, ctx: StreamContext, origin: Origin, block: RawHeaders, body: bytes | AsyncIterable[bytes] | None
     ) -> Response:
-        handle = await self._acquire(origin, ctx.deadline)
+        handle = await self._acquire(origin, ctx.deadline, ctx.priority)
         ctx.handle = handle
         await handle.send_block(block, end_stream=not body)
         if isinstance(body, bytes) and len(body) <= INLINE_BODY_LIMIT:
@@ -797,15 +812,16 @@ async def _send_body(handle: Handle, body: bytes | AsyncIterable[bytes]) -> None
 class AcquireContext:
     """What :meth:`Pool.acquire` returns: ``async with`` yields a :class:`Handle`."""
 
-    __slots__ = ("_handle", "_origin", "_pool")
+    __slots__ = ("_handle", "_origin", "_pool", "_priority")
 
-    def __init__(self, pool: Pool, origin: Origin) -> None:
+    def __init__(self, pool: Pool, origin: Origin, priority: Priority) -> None:
         self._pool = pool
         self._origin = origin
+        self._priority = priority
         self._handle: Handle | None = None
 
     async def __aenter__(self) -> Handle:
-        self._handle = await self._pool._acquire(self._origin)
+        self._handle = await self._pool._acquire(self._origin, None, self._priority)
         return self._handle
 
     async def __aexit__(
@@ -818,12 +834,31 @@ class AcquireContext:
 class StreamContext:
     """What :meth:`Pool.stream` returns: ``async with`` yields a :class:`Response`."""
 
-    __slots__ = ("body_task", "content", "deadline", "handle", "headers", "method", "pool", "timeout", "url")
+    __slots__ = (
+        "body_task",
+        "content",
+        "deadline",
+        "handle",
+        "headers",
+        "method",
+        "pool",
+        "priority",
+        "timeout",
+        "url",
+    )
 
     def __init__(
-        self, pool: Pool, method: str, url: str, headers: HeaderInput, content: RequestContent, timeout: float | None
+        self,
+        pool: Pool,
+        method: str,
+        url: str,
+        headers: HeaderInput,
+        content: RequestContent,
+        timeout: float | None,
+        priority: Priority,
     ) -> None:
         self.pool = pool
+        self.priority = priority
         self.method = method
         self.url = url
         self.headers = headers

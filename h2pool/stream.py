@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .exceptions import H2PoolError
 from .headers import Headers, ResponseHead
+from .priority import DEFAULT_URGENCY
 
 
 def _expire(waiter: asyncio.Future[None], make_error: Callable[[], H2PoolError]) -> None:
@@ -37,11 +38,14 @@ class StreamState:
         "slot_released",
         "stream_id",
         "trailers",
+        "urgency",
         "written_at",
     )
 
-    def __init__(self, stream_id: int, written_at: int = 0) -> None:
+    def __init__(self, stream_id: int, written_at: int = 0, urgency: int = DEFAULT_URGENCY) -> None:
         self.stream_id = stream_id
+        #: RFC 9218 urgency (0 most urgent): the order senders get new window in.
+        self.urgency = urgency
         #: The connection's write count when HEADERS were queued: if the
         #: connection dies before another write, the server never saw them.
         self.written_at = written_at
@@ -91,6 +95,11 @@ class StreamState:
             self.error = error
         self._wake_reader()
         self.wake_sender()
+
+    @property
+    def sending_blocked(self) -> bool:
+        """Whether the sender is waiting for flow-control window."""
+        return self._sender is not None and not self._sender.done()
 
     def wake_sender(self) -> None:
         sender = self._sender
