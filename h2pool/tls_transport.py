@@ -231,11 +231,15 @@ async def open_tls(
     sslobj = context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=server_hostname, session=session)
     layer = _TLSLayer(app, sslobj, incoming, outgoing)
     loop = asyncio.get_running_loop()
-    tcp, _ = await loop.create_connection(lambda: layer, sock=sock)
     try:
+        await loop.create_connection(lambda: layer, sock=sock)
         await layer.handshake
     except BaseException:
-        tcp.abort()
+        # Cancelled inside create_connection, the handshake has already
+        # started: nobody will await its outcome now.
+        layer.handshake.cancel()
+        if hasattr(layer, "tcp"):
+            layer.tcp.abort()
         raise
     assert layer.transport is not None
     return layer.transport
