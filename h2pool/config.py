@@ -51,6 +51,9 @@ class PoolConfig:
     max_frame_size: int = MIN_FRAME_SIZE
     header_table_size: int = 4096
     max_header_list_size: int = 64 << 10
+    coalesce_connections: bool = True
+    happy_eyeballs_delay: float = 0.25
+    dns_cache_ttl: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("max_connections_per_origin", "max_concurrent_streams"):
@@ -65,7 +68,11 @@ class PoolConfig:
         _check_int("max_retries", self.max_retries, 0, 100)
         _check_int("min_connections_per_origin", self.min_connections_per_origin, 0, self.max_connections_per_origin)
         _check_int("receive_buffer_budget", self.receive_buffer_budget, 65_535, 2**63)
-        for name in ("tls_session_reuse", "predictive_prewarm", "adaptive_window"):
+        for name in ("happy_eyeballs_delay", "dns_cache_ttl"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number of seconds, 0 or more, not {value!r}")
+        for name in ("tls_session_reuse", "predictive_prewarm", "adaptive_window", "coalesce_connections"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False")
         threshold = self.prewarm_threshold

@@ -25,7 +25,7 @@ import ssl
 from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -36,11 +36,13 @@ import hpack
 import hyperframe.exceptions
 from h2.errors import ErrorCodes
 
+from .certificates import CertificateNames
 from .client_h2 import ClientH2Connection
 from .config import MAX_WINDOW
 from .exceptions import (
     AcquireTimeout,
     ALPNError,
+    ConnectionClosed,
     ConnectionLost,
     ConnectionTerminated,
     H2PoolError,
@@ -146,6 +148,9 @@ class Connection(asyncio.Protocol):
         self.settled: asyncio.Future[None] = self.loop.create_future()
         #: Whether the TLS handshake resumed an offered session.
         self.tls_resumed = False
+        #: The names the server's verified certificate covers (connection
+        #: coalescing); None for h2c or an unverified certificate.
+        self.certificate: CertificateNames | None = None
         self._session_sink: Callable[[Connection, ssl.SSLSession], None] | None = None
         self._session_reads = 0
         #: Set once, when the connection can carry nothing more.
@@ -203,7 +208,7 @@ class Connection(asyncio.Protocol):
                 # We signal priorities with RFC 9218's header, never with
                 # RFC 7540's PRIORITY frames: saying so lets a server skip
                 # building a dependency tree for us (RFC 9218 §2.1).
-                SETTINGS_NO_RFC7540_PRIORITIES: 1,
+                cast(h2.settings.SettingCodes, SETTINGS_NO_RFC7540_PRIORITIES): 1,
             },
         )
         # Settings given as initial values count as acknowledged, so h2 would
@@ -234,6 +239,8 @@ class Connection(asyncio.Protocol):
             selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
             self.tls_resumed = info.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
             info.tls_version = ssl_object.version() if ssl_object is not None else None
+            if self.config.coalesce_connections and ssl_object is not None:
+                self.certificate = CertificateNames.from_peercert(ssl_object.getpeercert())
             if selected != "h2":
                 self._fail(
                     ALPNError(
@@ -662,6 +669,14 @@ class Connection(asyncio.Protocol):
         """A handle gives back a slot it never used."""
         self.slots.unreserve()
         self.listener.on_capacity(self)
+
+    def close_drained(self) -> None:
+        """Close a connection that took no new streams and has none left.
+
+        The reason stays the GOAWAY that started the drain, if one did, so a
+        GOAWAY with an error code is reported as such.
+        """
+        self.close(self.goaway or ConnectionClosed("connection drained and closed", origin=self.origin_str))
 
     def close(self, error: H2PoolError) -> None:
         """Close now: GOAWAY to the peer, ``error`` to every stream still running."""

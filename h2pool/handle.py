@@ -37,23 +37,33 @@ class Handle:
     ``deadline`` (event-loop time, or None) bounds every wait of the handle
     on top of the per-event ``read_timeout``; ``pool.request(timeout=...)``
     sets it. ``priority`` orders the request body for send window (RFC 9218).
+    ``origin`` is the origin the caller asked for: a coalesced connection
+    (RFC 9113 §9.1.1) was made for another host that its certificate shares.
     """
 
-    __slots__ = ("_conn", "_released", "_stream", "deadline", "priority")
+    __slots__ = ("_conn", "_released", "_stream", "deadline", "origin", "priority")
 
-    def __init__(self, conn: Connection, deadline: float | None = None, priority: Priority = DEFAULT_PRIORITY) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        deadline: float | None = None,
+        priority: Priority = DEFAULT_PRIORITY,
+        origin: Origin | None = None,
+    ) -> None:
         self._conn = conn
         self._stream: StreamState | None = None
         self._released = False
         self.deadline = deadline
         self.priority = priority
+        self.origin = origin if origin is not None else conn.origin
 
     def __repr__(self) -> str:
         return f"<Handle {self._conn.origin_str} stream={self.stream_id}>"
 
     @property
-    def origin(self) -> Origin:
-        return self._conn.origin
+    def coalesced(self) -> bool:
+        """Whether the stream shares a connection made for another origin."""
+        return self.origin != self._conn.origin
 
     @property
     def stream_id(self) -> int | None:
@@ -77,7 +87,7 @@ class Handle:
         origin unless ``headers`` has a ``host``. The handle's priority goes
         out as the ``priority`` header unless ``headers`` has one.
         """
-        block = request_headers(method, self._conn.origin, path, headers)
+        block = request_headers(method, self.origin, path, headers)
         add_priority_header(block, self.priority)
         return await self.send_block(block, end_stream=end_stream)
 
@@ -189,15 +199,19 @@ class Handle:
         # Silence may mean a dead connection: check it before it takes more streams.
         self._conn.health_check()
         timeout = self._conn.config.read_timeout
-        error = ReadTimeout(
-            f"no response data within {timeout} s", origin=self._conn.origin_str, stream_id=self.stream_id
+        return self._timed_out(
+            ReadTimeout(f"no response data within {timeout} s", origin=self._conn.origin_str, stream_id=self.stream_id)
         )
-        self._conn.report_stream_error(error)
-        return error
 
     def _request_timeout(self) -> H2PoolError:
-        error = RequestTimeout(
-            "the request's total timeout expired", origin=self._conn.origin_str, stream_id=self.stream_id
+        return self._timed_out(
+            RequestTimeout(
+                "the request's total timeout expired", origin=self._conn.origin_str, stream_id=self.stream_id
+            )
         )
-        self._conn.report_stream_error(error)
+
+    def _timed_out(self, error: H2PoolError) -> H2PoolError:
+        """A timeout ends the stream: later reads raise it again rather than wait on."""
+        if self._stream is not None:
+            self._conn.fail_stream(self._stream, error)
         return error

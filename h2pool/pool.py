@@ -14,18 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import ipaddress
 import logging
 import random
 import socket
 import ssl
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 from h2.errors import ErrorCodes
 
+from . import happy_eyeballs
 from .config import PoolConfig
 from .connection import Connection
 from .exceptions import (
@@ -50,6 +50,7 @@ from .headers import HeaderInput, RawHeaders, add_priority_header, request_heade
 from .hooks import PoolHooks, call_hook
 from .origin import Origin, parse_origin, parse_url
 from .priority import DEFAULT_PRIORITY, Priority, UrgencyQueue
+from .resolver import DNSCache, Resolver, SystemResolver
 from .response import Response
 from .slots import OriginSlots
 from .tls import SessionCache, prepare_context
@@ -70,6 +71,14 @@ RequestContent = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
 #: a bound against a server that drains forever without serving this request.
 MAX_DRAIN_REPLAYS = 100
 
+#: Origins without connections whose statistics are kept (``stats()``)
+#: before the idle sweep forgets the oldest.
+MAX_UNUSED_ORIGINS = 256
+
+#: RFC 9110 §15.5.20 Misdirected Request: the server will not answer for this
+#: host on this connection (sent when a coalesced connection was wrong).
+MISDIRECTED_REQUEST = 421
+
 #: Bodies up to this size are sent before reading the response; larger ones
 #: (and streamed ones) go in a task, so a server that answers early, or
 #: waits for the whole body, never deadlocks against our sending.
@@ -88,14 +97,17 @@ class OriginStats:
     replays: int
     handshakes_full: int
     handshakes_resumed: int
-    #: Streams that ended in an error, by exception class name. A lost
-    #: connection counts once per stream it carried; replayed requests
-    #: count each failed attempt.
+    #: Streams that ended in an error, by exception class name, and callers
+    #: that timed out waiting for a slot. A lost connection counts once per
+    #: stream it carried; replayed requests count each failed attempt.
     stream_errors: dict[str, int] = field(default_factory=dict)
     #: Connections that failed or ended in an error, by exception class
     #: name; the pool's own closes (idle, drained) and graceful GOAWAYs are
     #: not errors.
     connection_errors: dict[str, int] = field(default_factory=dict)
+    #: The origin whose connections this one's requests share (RFC 9113
+    #: §9.1.1 coalescing), or None.
+    coalesced_into: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,8 @@ class PoolStats:
 
 class _OriginState:
     __slots__ = (
+        "coalesced_into",
+        "coalescing_refused",
         "connection_errors",
         "dial_failures",
         "dials",
@@ -146,6 +160,10 @@ class _OriginState:
         self.redial: asyncio.TimerHandle | None = None
         self.stream_errors: dict[str, int] = {}
         self.connection_errors: dict[str, int] = {}
+        #: Another origin whose connections carry this origin's requests.
+        self.coalesced_into: _OriginState | None = None
+        #: The server answered 421 on a shared connection: always dial our own.
+        self.coalescing_refused = False
 
 
 class Pool:
@@ -161,10 +179,12 @@ class Pool:
         *,
         connector: Connector | None = None,
         hooks: PoolHooks | None = None,
+        resolver: Resolver | None = None,
         **options: Any,
     ) -> None:
         self.config = PoolConfig(**options)
         self._hooks = hooks
+        self._dns = DNSCache(resolver if resolver is not None else SystemResolver(), self.config.dns_cache_ttl)
         self._ssl_context = prepare_context(ssl_context)
         self._connector = connector
         self._origins: dict[Origin, _OriginState] = {}
@@ -245,6 +265,7 @@ class Pool:
                 handshakes_resumed=state.handshakes_resumed,
                 stream_errors=dict(state.stream_errors),
                 connection_errors=dict(state.connection_errors),
+                coalesced_into=str(state.coalesced_into.origin) if state.coalesced_into is not None else None,
             )
         values = origins.values()
         return PoolStats(
@@ -296,6 +317,8 @@ class Pool:
         state = self._state_for(origin)
         hooks = self._hooks
         started = asyncio.get_running_loop().time() if hooks is not None else 0.0
+        if not state.slots.ledgers and origin.scheme == "https" and self.config.coalesce_connections:
+            state = await self._coalesced(state)
         conn = state.slots.reserve()
         if conn is None and state.slots.may_dial():
             self._dial(state)
@@ -313,13 +336,53 @@ class Pool:
                 raise
         if hooks is not None:
             call_hook(hooks, "slot_acquired", str(origin), conn.loop.time() - started)
-        return Handle(conn, deadline, priority)
+        return Handle(conn, deadline, priority, origin)
 
     def _state_for(self, origin: Origin) -> _OriginState:
         state = self._origins.get(origin)
         if state is None:
             state = self._origins[origin] = _OriginState(origin, self.config.max_connections_per_origin)
         return state
+
+    async def _coalesced(self, state: _OriginState) -> _OriginState:
+        """The origin whose connections ``state``'s requests may share (RFC 9113 §9.1.1), else ``state``.
+
+        Runs only while ``state`` has no connection of its own. A connection
+        of another https origin on the same port qualifies when it is open
+        to one of this host's addresses and its verified certificate covers
+        this host. The host is resolved only when such a candidate exists;
+        the look-up lands in the DNS cache that a dial would use anyway.
+        """
+        alias = state.coalesced_into
+        if alias is not None:
+            if alias.slots.accepting and self._origins.get(alias.origin) is alias:
+                return alias
+            state.coalesced_into = None
+        origin = state.origin
+        if state.coalescing_refused or not any(self._coalescing_candidates(origin)):
+            return state
+        try:
+            addresses = set(await self._dns.resolve(origin.host, origin.port))
+        except OSError:
+            return state  # The dial reports the failure.
+        if state.slots.ledgers:
+            return state  # A concurrent caller dialled meanwhile.
+        for other, conn in self._coalescing_candidates(origin):
+            certificate = conn.certificate
+            if conn.info.remote_address in addresses and certificate is not None and certificate.covers(origin.host):
+                logger.debug("%s shares connection #%d of %s", origin, conn.info.id, other.origin)
+                state.coalesced_into = other
+                return other
+        return state
+
+    def _coalescing_candidates(self, origin: Origin) -> Iterator[tuple[_OriginState, Connection]]:
+        """Open connections of other https origins on ``origin``'s port that take new streams."""
+        for other in self._origins.values():
+            if other.origin == origin or other.origin.port != origin.port or other.origin.scheme != "https":
+                continue
+            for conn in other.slots.ledgers:
+                if conn.certificate is not None and conn.error is None and conn.slots.accepting:
+                    yield other, conn
 
     def _predict(self, state: _OriginState, conn: Connection) -> None:
         """Dial ahead of demand while the origin as a whole is past ``prewarm_threshold``.
@@ -351,11 +414,15 @@ class Pool:
                 return await waiter
         except TimeoutError:
             _return_granted_slot(waiter)
+            error: H2PoolError
             if bound_by_deadline:
-                raise RequestTimeout(
+                error = RequestTimeout(
                     "the request's total timeout expired waiting for a slot", origin=str(state.origin)
-                ) from None
-            raise AcquireTimeout(f"no stream slot free within {timeout} s", origin=str(state.origin)) from None
+                )
+            else:
+                error = AcquireTimeout(f"no stream slot free within {timeout} s", origin=str(state.origin))
+            _count(state.stream_errors, error)
+            raise error from None
         except asyncio.CancelledError:
             _return_granted_slot(waiter)
             raise
@@ -409,7 +476,7 @@ class Pool:
                     await self._connector(conn)
             else:
                 async with _phase(config.connect_timeout, ConnectTimeout, where):
-                    sock = await _open_socket(origin.host, origin.port)
+                    sock = await self._open_socket(origin)
                 if origin.scheme == "https":
                     tls_budget = min(config.tls_handshake_timeout, deadline - loop.time())
                     async with _phase(tls_budget, TLSHandshakeTimeout, where):
@@ -437,6 +504,16 @@ class Pool:
                 # Pre-warmed, or its callers gave up: idle from now on, and
                 # closed after idle_timeout if nobody uses it.
                 self._start_idle_clock(conn)
+
+    async def _open_socket(self, origin: Origin) -> socket.socket:
+        """A connected TCP socket: the host's cached addresses raced per Happy Eyeballs (RFC 8305)."""
+        addresses = await self._dns.resolve(origin.host, origin.port)
+        try:
+            return await happy_eyeballs.connect(addresses, origin.port, self.config.happy_eyeballs_delay)
+        except happy_eyeballs.AllAttemptsFailed:
+            # The host may have moved: look it up afresh next time.
+            self._dns.forget(origin.host)
+            raise
 
     async def _start_tls(self, conn: Connection, sock: socket.socket) -> None:
         """TLS over ``sock``, offering a cached session for this exact host and port."""
@@ -490,7 +567,7 @@ class Pool:
             self._serve(state)
         if conn.slots.busy == 0:
             if not conn.slots.accepting:
-                conn.close(ConnectionClosed("connection drained and closed", origin=conn.origin_str))
+                conn.close_drained()
             else:
                 self._went_idle(state, conn)
 
@@ -500,7 +577,7 @@ class Pool:
             return
         state.slots.stop_accepting(conn)
         if conn.slots.busy == 0:
-            conn.close(ConnectionClosed("connection drained and closed", origin=conn.origin_str))
+            conn.close_drained()
         elif state.waiters:
             self._serve(state)
 
@@ -624,6 +701,7 @@ class Pool:
         now = loop.time()
         timeout = self.config.idle_timeout
         next_expiry: float | None = None
+        unused: list[_OriginState] = []
         for state in list(self._origins.values()):
             for conn in list(state.slots.ledgers):
                 since = conn.idle_since
@@ -638,7 +716,11 @@ class Pool:
                 if next_expiry is None or since + timeout < next_expiry:
                     next_expiry = since + timeout
             if not state.slots.ledgers and not state.waiters and not state.dials and state.redial is None:
-                del self._origins[state.origin]
+                unused.append(state)
+        # Unused origins keep their statistics until there are too many;
+        # the least recently created go first.
+        for state in unused[: max(0, len(self._origins) - MAX_UNUSED_ORIGINS)]:
+            del self._origins[state.origin]
         if next_expiry is not None and not self._closed:
             self._sweeper = loop.call_at(next_expiry, self._sweep_idle)
 
@@ -652,7 +734,9 @@ class Pool:
         attempt = drained = 0
         while True:
             try:
-                return await self._send_request(ctx, target.origin, block, body)
+                response = await self._send_request(ctx, target.origin, block, body)
+                if response.status != MISDIRECTED_REQUEST or not self._misdirected(ctx, target.origin, body):
+                    return response
             except H2PoolError as exc:
                 if not _replayable(exc, body):
                     raise
@@ -675,6 +759,23 @@ class Pool:
                 if isinstance(exc, StreamReset):
                     # The server is shedding load: back off, capped and jittered.
                     await asyncio.sleep(random.uniform(0, self._backoff_cap(attempt)))
+
+    def _misdirected(self, ctx: StreamContext, origin: Origin, body: bytes | AsyncIterable[bytes] | None) -> bool:
+        """A 421 on a shared connection: stop coalescing this origin; replay if the body allows.
+
+        The server refused to answer for this host on a connection made for
+        another (RFC 9113 §9.1.1), so it did not process the request.
+        """
+        handle = ctx.handle
+        if handle is None or not handle.coalesced or not (body is None or isinstance(body, bytes)):
+            return False
+        state = self._state_for(origin)
+        state.coalesced_into = None
+        state.coalescing_refused = True
+        state.replays += 1
+        logger.debug("%s answered 421 on a shared connection: dialling its own", origin)
+        ctx.abandon_attempt()
+        return True
 
     async def _send_request(
         self, ctx: StreamContext, origin: Origin, block: RawHeaders, body: bytes | AsyncIterable[bytes] | None
@@ -727,35 +828,6 @@ async def _phase(seconds: float, error: type[H2PoolError], origin: str) -> Async
             yield
     except TimeoutError:
         raise error(f"not done within {seconds:.3g} s", origin=origin) from None
-
-
-async def _open_socket(host: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket, trying each resolved address in turn."""
-    loop = asyncio.get_running_loop()
-    infos: Sequence[tuple[Any, ...]]
-    try:
-        literal = ipaddress.ip_address(host)
-    except ValueError:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    else:
-        # An address needs no resolver: skip getaddrinfo's thread-pool round trip.
-        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-        infos = [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
-    failures: list[str] = []
-    for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            await loop.sock_connect(sock, address)
-        except OSError as exc:
-            sock.close()
-            failures.append(f"{address[0]}: {exc}")
-        except BaseException:
-            sock.close()
-            raise
-        else:
-            return sock
-    raise OSError(f"no address of {host} accepted a connection ({'; '.join(failures) or 'none resolved'})")
 
 
 def _or_current(value: int | None, current: int) -> int:
@@ -880,12 +952,16 @@ class StreamContext:
             async with asyncio.timeout_at(self.deadline) as scope:
                 return await self.pool._open_response(self)
         except BaseException as exc:
+            if not (isinstance(exc, TimeoutError) and scope.expired()):
+                self._finish()
+                raise
+            error = RequestTimeout(
+                f"no response within the request's timeout of {self.timeout} s", origin=_origin_of(self.url)
+            )
+            if self.handle is not None:
+                self.handle.fail(error)  # Counted, and seen by tracers, as the stream's end.
             self._finish()
-            if isinstance(exc, TimeoutError) and scope.expired():
-                raise RequestTimeout(
-                    f"no response within the request's timeout of {self.timeout} s", origin=_origin_of(self.url)
-                ) from None
-            raise
+            raise error from None
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

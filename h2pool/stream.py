@@ -18,8 +18,13 @@ from .priority import DEFAULT_URGENCY
 
 
 def _expire(waiter: asyncio.Future[None], make_error: Callable[[], H2PoolError]) -> None:
+    if waiter.done():
+        return
+    error = make_error()
+    # Making the error may end the stream, which wakes this very waiter: the
+    # reader then finds the error on the stream instead.
     if not waiter.done():
-        waiter.set_exception(make_error())
+        waiter.set_exception(error)
 
 
 class StreamState:

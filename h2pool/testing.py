@@ -154,6 +154,10 @@ class FakeSSLObject:
     def version(self) -> str:
         return "TLSv1.3"
 
+    def getpeercert(self) -> dict[str, Any]:
+        """No verified certificate: a scripted connection is never coalesced with another host's."""
+        return {}
+
 
 class MemoryTransport(asyncio.Transport):
     """The client's end of an in-memory pipe to a :class:`ScriptedPeer`.
