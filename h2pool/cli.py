@@ -208,7 +208,8 @@ async def _get(args: argparse.Namespace, stdout: BinaryIO, stderr: TextIO) -> in
             await pool.prewarm(target.origin)
             connected = time.perf_counter()
             if verbose:
-                stderr.write(f"* connected to {target.origin} (TCP, TLS, SETTINGS) in {_ms(connected - start)}\n")
+                steps = "TCP, TLS, SETTINGS" if target.origin.scheme == "https" else "TCP, SETTINGS"
+                stderr.write(f"* connected to {target.origin} ({steps}) in {_ms(connected - start)}\n")
                 for raw_name, raw_value in sent:
                     stderr.write(f"> {raw_name.decode('latin-1')}: {raw_value.decode('latin-1')}\n")
                 if body is not None:
@@ -368,7 +369,9 @@ def format_bench(result: BenchResult, url: str, concurrency: int) -> str:
         f"URL: {url}",
         f"requests: {total} total, {len(result.latencies)} responses, {sum(result.errors.values())} errors,"
         f" concurrency {concurrency}",
-        f"time: {result.elapsed:.3f} s total, {total / result.elapsed if result.elapsed else 0.0:.1f} req/s",
+        # Only responses count towards the rate: failing fast is not throughput.
+        f"time: {result.elapsed:.3f} s total,"
+        f" {len(result.latencies) / result.elapsed if result.elapsed else 0.0:.1f} req/s (responses)",
         "status codes: " + (", ".join(f"{s}: {n}" for s, n in sorted(result.statuses.items())) or "none"),
     ]
     if result.errors:

@@ -45,6 +45,7 @@ from .exceptions import (
     ConnectionClosed,
     ConnectionLost,
     ConnectionTerminated,
+    ConnectTimeout,
     H2PoolError,
     ProtocolError,
     StreamReset,
@@ -260,6 +261,7 @@ class Connection(asyncio.Protocol):
         if self.hooks is not None:
             call_hook(self.hooks, "connection_opened", info, seconds)
         self._set_timer("keepalive", self.config.ping_interval, self._check_quiet)
+        self._set_timer("settings", self.config.connect_timeout, self._settings_missing)
         if self.config.max_lifetime is not None:
             self._set_timer("lifetime", self.config.max_lifetime, self.retire)
 
@@ -390,6 +392,7 @@ class Connection(asyncio.Protocol):
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
         if not self.settled.done():
             self.settled.set_result(None)
+            self._cancel_timer("settings")
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
             self._wake_all_senders()
         self.listener.on_settled(self, self._h2.remote_settings.max_concurrent_streams)
@@ -477,6 +480,12 @@ class Connection(asyncio.Protocol):
     def _ping_lost(self) -> None:
         timeout = self.config.ping_timeout
         self._abort(ConnectionLost(f"no PING ACK within {timeout} s: the connection is dead", origin=self.origin_str))
+
+    def _settings_missing(self) -> None:
+        # The server's preface starts with SETTINGS (RFC 9113 §3.4): without
+        # them the connection never finished setting up.
+        timeout = self.config.connect_timeout
+        self._abort(ConnectTimeout(f"the server sent no SETTINGS within {timeout} s", origin=self.origin_str))
 
     def _write_stalled(self) -> None:
         timeout = self.config.write_timeout
@@ -650,6 +659,8 @@ class Connection(asyncio.Protocol):
         """The handle is done with ``stream``: reset it if still open, return unread window."""
         if not stream.closed:
             stream.reset = True
+            # A task still waiting on the stream must not wait out a timeout.
+            stream.wake()
             # h2 may have closed the stream already: its END_STREAM can sit in
             # the same batch of events, not yet dispatched.
             h2_stream = self._h2.streams.get(stream.stream_id)
@@ -707,6 +718,8 @@ class Connection(asyncio.Protocol):
             raise stream.error.for_stream(stream.stream_id)
         if self.error is not None:
             raise self.error.for_stream(stream.stream_id)
+        if stream.reset_locally:
+            raise RuntimeError(f"stream {stream.stream_id} was reset by this client")
         if stream.local_closed:
             raise RuntimeError(f"stream {stream.stream_id}: the request was already ended")
 

@@ -119,8 +119,7 @@ class Handle:
         """Wait for the final response's status and headers."""
         stream = self._sent_stream()
         while stream.head is None:
-            if stream.error is not None:
-                raise stream.error.for_stream(stream.stream_id)
+            self._check_readable(stream)
             await self._wait(stream)
         return stream.head
 
@@ -138,8 +137,7 @@ class Handle:
                 return data
             if stream.remote_closed:
                 return b""
-            if stream.error is not None:
-                raise stream.error.for_stream(stream.stream_id)
+            self._check_readable(stream)
             await self._wait(stream)
 
     # Ending.
@@ -185,6 +183,12 @@ class Handle:
         if self._stream is None:
             raise RuntimeError(f"{self!r}: send the request headers first")
         return self._stream
+
+    def _check_readable(self, stream: StreamState) -> None:
+        if stream.error is not None:
+            raise stream.error.for_stream(stream.stream_id)
+        if stream.reset_locally:
+            raise RuntimeError(f"{self!r} was reset: nothing more will arrive")
 
     async def _wait(self, stream: StreamState) -> None:
         timeout = self._conn.config.read_timeout

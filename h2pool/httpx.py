@@ -170,11 +170,15 @@ class _ResponseStream(httpx.AsyncByteStream):
 class H2PoolTransport(httpx.AsyncBaseTransport):
     """An :class:`httpx.AsyncBaseTransport` backed by an h2pool :class:`~h2pool.Pool`.
 
-    The transport owns the pool: :meth:`aclose` closes it.
+    By default the transport owns the pool: :meth:`aclose` (which
+    ``httpx.AsyncClient.aclose`` calls) closes it. With ``close_pool=False``
+    the pool outlives the client, so several clients, or a client and direct
+    ``pool.request`` callers, can share its connections.
     """
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, *, close_pool: bool = True) -> None:
         self.pool = pool
+        self.close_pool = close_pool
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         context = self.pool.stream(
@@ -197,4 +201,5 @@ class H2PoolTransport(httpx.AsyncBaseTransport):
         )
 
     async def aclose(self) -> None:
-        await self.pool.aclose()
+        if self.close_pool:
+            await self.pool.aclose()

@@ -44,6 +44,7 @@ from .exceptions import (
     StreamReset,
     TLSError,
     TLSHandshakeTimeout,
+    not_processed,
 )
 from .handle import Handle
 from .headers import HeaderInput, RawHeaders, add_priority_header, request_headers
@@ -422,7 +423,7 @@ class Pool:
             else:
                 error = AcquireTimeout(f"no stream slot free within {timeout} s", origin=str(state.origin))
             _count(state.stream_errors, error)
-            raise error from None
+            raise not_processed(error) from None
         except asyncio.CancelledError:
             _return_granted_slot(waiter)
             raise
@@ -445,11 +446,18 @@ class Pool:
             waiters.popleft()
             waiter.set_result(conn)
 
+    def _count_wait_error(self, url: str, error: H2PoolError) -> None:
+        """Count a request that failed before it had a stream."""
+        state = self._origins.get(parse_url(url).origin)
+        if state is not None:
+            _count(state.stream_errors, error)
+
     def _fail_waiters(self, state: _OriginState, error: H2PoolError) -> None:
         while state.waiters:
             waiter = state.waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(error.for_stream(None))
+                # A queued caller had sent nothing.
+                waiter.set_exception(not_processed(error.for_stream(None)))
 
     # Connections.
 
@@ -958,8 +966,11 @@ class StreamContext:
             error = RequestTimeout(
                 f"no response within the request's timeout of {self.timeout} s", origin=_origin_of(self.url)
             )
-            if self.handle is not None:
+            if self.handle is not None and self.handle.stream_id is not None:
                 self.handle.fail(error)  # Counted, and seen by tracers, as the stream's end.
+            else:
+                not_processed(error)  # Nothing of the request was sent.
+                self.pool._count_wait_error(self.url, error)
             self._finish()
             raise error from None
 

@@ -98,8 +98,17 @@ class StreamState:
         """The stream cannot go on; both reader and sender see ``error``."""
         if self.error is None:
             self.error = error
+        self.wake()
+
+    def wake(self) -> None:
+        """Let a waiting reader and sender look at the stream again."""
         self._wake_reader()
         self.wake_sender()
+
+    @property
+    def reset_locally(self) -> bool:
+        """Reset by this client (``Handle.reset``), with no error of its own."""
+        return self.reset and self.error is None
 
     @property
     def sending_blocked(self) -> bool:

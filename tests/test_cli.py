@@ -137,6 +137,8 @@ async def test_bench_against_an_unreachable_url_counts_errors_and_exits_1() -> N
     assert result.status == 1
     assert "3 errors" in result.stdout.decode()
     assert "ConnectError: 3" in result.stdout.decode()
+    # Failing fast is not throughput: the rate counts responses only.
+    assert " 0.0 req/s (responses)" in result.stdout.decode()
 
 
 def test_percentile_uses_the_nearest_rank() -> None:

@@ -153,6 +153,20 @@ async def test_closing_client_closes_pool(nginx: ServerProcess, client_ssl_conte
     assert pool.closed
 
 
+async def test_a_pool_not_owned_by_its_transport_outlives_two_clients(
+    nginx: ServerProcess, client_ssl_context: ssl.SSLContext
+) -> None:
+    async with h2pool.Pool(client_ssl_context) as pool:
+        for _ in range(2):
+            async with httpx.AsyncClient(transport=H2PoolTransport(pool, close_pool=False)) as client:
+                response = await client.get(nginx.url("/small"))
+                assert response.content == expected_bytes("small")
+            assert not pool.closed
+        # Both clients went over the one connection, still open for direct use.
+        assert pool.stats().connections == 1
+        assert (await pool.request("GET", nginx.url("/small"))).status == 200
+
+
 # Errors.
 
 

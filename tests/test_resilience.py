@@ -21,8 +21,11 @@ from hyperframe.frame import GoAwayFrame, HeadersFrame, PingFrame
 from h2pool import (
     ConnectionLost,
     ConnectionTerminated,
+    ConnectTimeout,
     Pool,
+    PoolClosed,
     ReadTimeout,
+    RequestTimeout,
     Response,
     StreamReset,
     WriteTimeout,
@@ -662,3 +665,56 @@ async def test_dial_whose_only_waiter_was_cancelled_is_finished_and_pooled() -> 
         assert (await pool.request("GET", URL)).status == 200
         assert len(server.peers) == 1
         await assert_settled(server, pool)
+
+
+# Set-up that never finishes, and local resets.
+
+
+async def test_server_that_never_sends_settings_fails_prewarm_with_connect_timeout_within_connect_timeout() -> None:
+    server = MockServer(send_preface=False)
+    async with Pool(connector=server.connector, connect_timeout=0.2) as pool:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ConnectTimeout, match="no SETTINGS"):
+            await pool.prewarm(ORIGIN)
+        assert loop.time() - started < 1.0
+        assert pool.stats().origins[ORIGIN].connection_errors == {"ConnectTimeout": 1}
+
+
+async def test_reset_wakes_a_waiting_reader_which_raises_at_once() -> None:
+    server = MockServer()
+    async with make_pool(server, read_timeout=5.0) as pool, pool.acquire(ORIGIN) as handle:
+        await handle.send_headers("GET", "/", end_stream=True)
+        reader = asyncio.get_running_loop().create_task(handle.read_headers())
+        await idle()
+        handle.reset()
+        async with asyncio.timeout(1.0):
+            with pytest.raises(RuntimeError, match="was reset"):
+                await reader
+        with pytest.raises(RuntimeError, match="was reset"):
+            await handle.send_data(b"more")
+        peer = server.peers[0]
+        await idle()
+        assert peer.resets(1) == [(1, ErrorCodes.CANCEL)]
+
+
+async def test_callers_queued_when_the_pool_closes_learn_their_request_was_not_processed() -> None:
+    server = MockServer()
+    pool = Pool(connector=server.connector, max_concurrent_streams=1, max_connections_per_origin=1)
+    async with pool.acquire(ORIGIN):
+        queued = spawn(pool)
+        await idle()
+        assert pool.stats().waiting == 1
+        await pool.aclose()
+        with pytest.raises(PoolClosed) as raised:
+            await queued
+    assert raised.value.may_have_been_processed is False
+
+
+async def test_request_timeout_while_waiting_for_a_slot_was_not_processed() -> None:
+    server = MockServer()
+    async with make_pool(server, max_concurrent_streams=1, max_connections_per_origin=1) as pool, pool.acquire(ORIGIN):
+        with pytest.raises(RequestTimeout) as raised:
+            await pool.request("GET", URL, timeout=0.05)
+        assert raised.value.may_have_been_processed is False
+        assert pool.stats().origins[ORIGIN].stream_errors == {"RequestTimeout": 1}
