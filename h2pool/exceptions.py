@@ -103,7 +103,12 @@ class H2PoolTimeout(H2PoolError, TimeoutError):
 
 
 class ConnectTimeout(H2PoolTimeout, ConnectError):
-    """Resolving the host and the TCP connect took longer than ``connect_timeout``."""
+    """Setting a connection up took longer than ``connect_timeout``.
+
+    That covers resolving the host, the TCP connect and the TLS handshake
+    (which also has ``tls_handshake_timeout``), and then the server's
+    SETTINGS, which must arrive within ``connect_timeout`` of the handshake.
+    """
 
 
 class TLSHandshakeTimeout(ConnectTimeout, TLSError):

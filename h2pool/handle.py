@@ -34,9 +34,10 @@ if TYPE_CHECKING:
 class Handle:
     """One reserved stream slot on one connection.
 
-    ``deadline`` (event-loop time, or None) bounds every wait of the handle
-    on top of the per-event ``read_timeout``; ``pool.request(timeout=...)``
-    sets it. ``priority`` orders the request body for send window (RFC 9218).
+    ``deadline`` (event-loop time, or None) bounds every wait for response
+    headers and data on top of the per-event ``read_timeout``;
+    ``pool.request(timeout=...)`` sets it and bounds the rest itself.
+    ``priority`` orders the request body for send window (RFC 9218).
     ``origin`` is the origin the caller asked for: a coalesced connection
     (RFC 9113 §9.1.1) was made for another host that its certificate shares.
     """
@@ -72,7 +73,10 @@ class Handle:
 
     @property
     def trailers(self) -> Headers | None:
-        """The response trailers, once the body has been read to its end (None if there were none)."""
+        """The response trailers once they have arrived (None until then, and if there are none).
+
+        They follow the body, so they are certain to be here once the body has been read to its end.
+        """
         stream = self._stream
         return stream.trailers if stream is not None else None
 

@@ -146,6 +146,9 @@ class StreamState:
 
     async def wait_readable(self, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
         """Wait until the reader has something new; after ``timeout`` s raise ``make_error()``."""
+        if self._reader is not None:
+            # Two readers would each get part of the body, in no useful order.
+            raise RuntimeError(f"stream {self.stream_id}: another task is already reading it")
         self._reader = waiter = asyncio.get_running_loop().create_future()
         try:
             await _wait(waiter, timeout, make_error)
@@ -154,6 +157,8 @@ class StreamState:
 
     async def wait_sendable(self, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
         """Wait for flow-control window (or an error); after ``timeout`` s raise ``make_error()``."""
+        if self._sender is not None:
+            raise RuntimeError(f"stream {self.stream_id}: another task is already sending on it")
         self._sender = waiter = asyncio.get_running_loop().create_future()
         try:
             await _wait(waiter, timeout, make_error)

@@ -718,3 +718,18 @@ async def test_request_timeout_while_waiting_for_a_slot_was_not_processed() -> N
             await pool.request("GET", URL, timeout=0.05)
         assert raised.value.may_have_been_processed is False
         assert pool.stats().origins[ORIGIN].stream_errors == {"RequestTimeout": 1}
+
+
+async def test_a_second_task_reading_the_same_stream_is_refused_and_the_first_still_gets_the_body() -> None:
+    server = MockServer()
+    async with make_pool(server) as pool, pool.acquire(ORIGIN) as handle:
+        await handle.send_headers("GET", "/", end_stream=True)
+        first = asyncio.get_running_loop().create_task(handle.read_headers())
+        await idle()
+        with pytest.raises(RuntimeError, match="already reading"):
+            await handle.read_headers()
+        peer = server.peers[0]
+        request = await peer.next_request(complete=True)
+        request.respond(body=b"whole")
+        assert (await first).status == 200
+        assert await handle.read_data() == b"whole"
