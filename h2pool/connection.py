@@ -617,7 +617,7 @@ class Connection(asyncio.Protocol):
                 total - offset,
             )
             if size <= 0:
-                await stream.wait_sendable(self.config.write_timeout, partial(self._send_timeout, stream_id))
+                await stream.wait_sendable(self.config.write_timeout, partial(self._send_timeout, stream))
                 continue
             last = end_stream and offset + size == total
             self._h2.send_data(stream_id, data[offset : offset + size], end_stream=last)
@@ -723,11 +723,14 @@ class Connection(asyncio.Protocol):
         if stream.local_closed:
             raise RuntimeError(f"stream {stream.stream_id}: the request was already ended")
 
-    def _send_timeout(self, stream_id: int) -> H2PoolError:
+    def _send_timeout(self, stream: StreamState) -> H2PoolError:
+        """No window came: the request cannot be completed, so the stream ends, as on a read timeout."""
         timeout = self.config.write_timeout
-        return WriteTimeout(
-            f"the server gave no send window within {timeout} s", origin=self.origin_str, stream_id=stream_id
+        error = WriteTimeout(
+            f"the server gave no send window within {timeout} s", origin=self.origin_str, stream_id=stream.stream_id
         )
+        self.fail_stream(stream, error)
+        return error
 
     def _local_end(self, stream: StreamState) -> None:
         stream.local_closed = True

@@ -47,7 +47,10 @@ class PoolHooks:
     """Override any of these; the defaults do nothing."""
 
     def connection_opened(self, conn: ConnectionInfo, seconds: float) -> None:
-        """TCP, TLS and the HTTP/2 preface are done; ``seconds`` since the dial began."""
+        """TCP and TLS are done and our HTTP/2 preface is sent; ``seconds`` since the dial began.
+
+        The server's SETTINGS may still be on their way.
+        """
 
     def connection_closed(self, conn: ConnectionInfo, reason: H2PoolError) -> None:
         """The connection is gone; ``reason`` says why (idle, drained, GOAWAY, loss, failed set-up...)."""

@@ -314,7 +314,7 @@ class Pool:
         self, origin: Origin, deadline: float | None = None, priority: Priority = DEFAULT_PRIORITY
     ) -> Handle:
         if self._closed:
-            raise PoolClosed("the pool is closed", origin=str(origin))
+            raise not_processed(PoolClosed("the pool is closed", origin=str(origin)))
         state = self._state_for(origin)
         hooks = self._hooks
         started = asyncio.get_running_loop().time() if hooks is not None else 0.0
@@ -363,9 +363,10 @@ class Pool:
         if state.coalescing_refused or not any(self._coalescing_candidates(origin)):
             return state
         try:
-            addresses = set(await self._dns.resolve(origin.host, origin.port))
-        except OSError:
-            return state  # The dial reports the failure.
+            async with asyncio.timeout(self.config.connect_timeout):
+                addresses = set(await self._dns.resolve(origin.host, origin.port))
+        except Exception:
+            return state  # The dial meets the same failure and reports it.
         if state.slots.ledgers:
             return state  # A concurrent caller dialled meanwhile.
         for other, conn in self._coalescing_candidates(origin):
@@ -506,6 +507,10 @@ class Pool:
         except asyncio.CancelledError:
             conn.close(PoolClosed("the pool was closed while connecting", origin=where))
             raise
+        except Exception as exc:
+            # A custom resolver or connector failing in its own way: its
+            # callers must still learn of it rather than wait forever.
+            conn.close(ConnectError(f"could not connect: {exc!r}", origin=where))
         else:
             state = self._state_of(conn)
             if state is not None and conn.error is None and conn.slots.busy == 0:
@@ -628,7 +633,7 @@ class Pool:
         connection error is raised once all attempts have finished.
         """
         if self._closed:
-            raise PoolClosed("the pool is closed")
+            raise not_processed(PoolClosed("the pool is closed"))
         targets = [origins] if isinstance(origins, str | Origin) else list(origins)
         pending: list[Connection] = []
         for target in targets:
@@ -762,7 +767,8 @@ class Pool:
                     if attempt > self.config.max_retries:
                         raise
                 ctx.abandon_attempt()
-                self._origins[target.origin].replays += 1
+                # The state, not a lookup: a coalesced origin may have been swept meanwhile.
+                self._state_for(target.origin).replays += 1
                 logger.debug("replaying %s %s after %r", ctx.method, ctx.url, exc)
                 if isinstance(exc, StreamReset):
                     # The server is shedding load: back off, capped and jittered.
@@ -775,13 +781,15 @@ class Pool:
         another (RFC 9113 §9.1.1), so it did not process the request.
         """
         handle = ctx.handle
-        if handle is None or not handle.coalesced or not (body is None or isinstance(body, bytes)):
+        if handle is None or not handle.coalesced:
             return False
         state = self._state_for(origin)
         state.coalesced_into = None
         state.coalescing_refused = True
+        logger.debug("%s answered 421 on a shared connection: no more sharing for it", origin)
+        if not (body is None or isinstance(body, bytes)):
+            return False  # A streamed body cannot be sent again: the caller gets the 421.
         state.replays += 1
-        logger.debug("%s answered 421 on a shared connection: dialling its own", origin)
         ctx.abandon_attempt()
         return True
 
@@ -964,7 +972,7 @@ class StreamContext:
                 self._finish()
                 raise
             error = RequestTimeout(
-                f"no response within the request's timeout of {self.timeout} s", origin=_origin_of(self.url)
+                f"no response within the request's timeout of {self.timeout:.6g} s", origin=_origin_of(self.url)
             )
             if self.handle is not None and self.handle.stream_id is not None:
                 self.handle.fail(error)  # Counted, and seen by tracers, as the stream's end.

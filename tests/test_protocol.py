@@ -412,7 +412,11 @@ async def test_write_timeout_when_the_peer_never_opens_its_window() -> None:
             await handle.send_headers("POST", "/")
             with pytest.raises(WriteTimeout):
                 await handle.send_data(bytes(100), end_stream=True)
+            # The timeout ends the stream, as a read timeout does.
+            with pytest.raises(WriteTimeout):
+                await handle.read_headers()
         await assert_settled(server, pool)
+        assert pool.stats().origins[ORIGIN].stream_errors == {"WriteTimeout": 1}
 
 
 # MAX_CONCURRENT_STREAMS.
