@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import random
 import socket
@@ -320,6 +321,9 @@ class Pool:
         started = asyncio.get_running_loop().time() if hooks is not None else 0.0
         if not state.slots.ledgers and origin.scheme == "https" and self.config.coalesce_connections:
             state = await self._coalesced(state)
+            if self._closed:
+                # The pool closed during the look-up: a dial now would outlive it.
+                raise not_processed(PoolClosed("the pool is closed", origin=str(origin)))
         conn = state.slots.reserve()
         if conn is None and state.slots.may_dial():
             self._dial(state)
@@ -364,14 +368,18 @@ class Pool:
             return state
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                addresses = set(await self._dns.resolve(origin.host, origin.port))
+                addresses = {ipaddress.ip_address(a) for a in await self._dns.resolve(origin.host, origin.port)}
         except Exception:
             return state  # The dial meets the same failure and reports it.
         if state.slots.ledgers:
             return state  # A concurrent caller dialled meanwhile.
         for other, conn in self._coalescing_candidates(origin):
             certificate = conn.certificate
-            if conn.info.remote_address in addresses and certificate is not None and certificate.covers(origin.host):
+            remote = conn.info.remote_address
+            # As addresses, not text: a resolver may write ::1 as 0:0:0:0:0:0:0:1.
+            if remote is None or ipaddress.ip_address(remote) not in addresses:
+                continue
+            if certificate is not None and certificate.covers(origin.host):
                 logger.debug("%s shares connection #%d of %s", origin, conn.info.id, other.origin)
                 state.coalesced_into = other
                 return other
