@@ -3,8 +3,9 @@
 ``get`` prints the response body to stdout (bytes as received) or writes it
 to ``-o FILE``. With ``-v`` it reports on stderr, prefixed like curl: ``*``
 for h2pool's own notes, ``>`` for the request pseudo-headers and headers
-sent, ``<`` for the response status, headers and trailers, then what was
-received (header blocks, body reads, bytes) and timings. "Body reads" are the
+sent, ``<`` for the response status, headers and trailers, ``* frame`` for
+every HTTP/2 frame sent (``>``) and received (``<``) on the connection, then
+what was received (header blocks, body reads, bytes) and timings. "Body reads" are the
 chunks the pool handed over; one read may hold several DATA frames that
 arrived together, so it counts at most the DATA frames, never more.
 
@@ -27,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 import math
 import ssl
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn, Protocol, TextIO
@@ -40,6 +43,7 @@ from typing import Any, BinaryIO, NoReturn, Protocol, TextIO
 from . import __version__
 from .config import PoolConfig
 from .exceptions import H2PoolError
+from .frame_trace import frame_logger
 from .headers import request_headers
 from .origin import parse_url
 from .pool import Pool
@@ -202,39 +206,41 @@ async def _get(args: argparse.Namespace, stdout: BinaryIO, stderr: TextIO) -> in
         target = parse_url(args.url)
         # Built here only to show it: the pool builds the same block from the same inputs.
         sent = request_headers(method, target.origin, target.path, headers)
-        async with Pool(context, connect_timeout=connect_timeout, tls_handshake_timeout=tls_timeout) as pool:
-            start = time.perf_counter()
-            # Connecting first separates connect + TLS + SETTINGS from the request's own time.
-            await pool.prewarm(target.origin)
-            connected = time.perf_counter()
-            if verbose:
-                steps = "TCP, TLS, SETTINGS" if target.origin.scheme == "https" else "TCP, SETTINGS"
-                stderr.write(f"* connected to {target.origin} ({steps}) in {_ms(connected - start)}\n")
-                for raw_name, raw_value in sent:
-                    stderr.write(f"> {raw_name.decode('latin-1')}: {raw_value.decode('latin-1')}\n")
-                if body is not None:
-                    stderr.write(f"> [body: {len(body)} bytes]\n")
-            async with pool.stream(method, args.url, headers=headers, content=body, timeout=args.timeout) as resp:
-                first_byte = time.perf_counter()
+        # -v: every frame of the connection, as nghttp -v shows them.
+        with _frames_to(stderr) if verbose else contextlib.nullcontext():
+            async with Pool(context, connect_timeout=connect_timeout, tls_handshake_timeout=tls_timeout) as pool:
+                start = time.perf_counter()
+                # Connecting first separates connect + TLS + SETTINGS from the request's own time.
+                await pool.prewarm(target.origin)
+                connected = time.perf_counter()
                 if verbose:
-                    stderr.write(f"* stream {resp.stream_id}\n< :status: {resp.status}\n")
-                    for name, value in resp.headers:
-                        stderr.write(f"< {name}: {value}\n")
-                reads = received = 0
-                # A CLI writing one local file: blocking writes are what stdout does too.
-                sink = open(args.output, "wb") if args.output else None  # noqa: SIM115, ASYNC230
-                try:
-                    out = sink if sink is not None else stdout
-                    async for chunk in resp.aiter_bytes():
-                        reads += 1
-                        received += len(chunk)
-                        out.write(chunk)
-                    out.flush()
-                finally:
-                    if sink is not None:
-                        sink.close()
-                trailers = resp.trailers
-            done = time.perf_counter()
+                    steps = "TCP, TLS, SETTINGS" if target.origin.scheme == "https" else "TCP, SETTINGS"
+                    stderr.write(f"* connected to {target.origin} ({steps}) in {_ms(connected - start)}\n")
+                    for raw_name, raw_value in sent:
+                        stderr.write(f"> {raw_name.decode('latin-1')}: {raw_value.decode('latin-1')}\n")
+                    if body is not None:
+                        stderr.write(f"> [body: {len(body)} bytes]\n")
+                async with pool.stream(method, args.url, headers=headers, content=body, timeout=args.timeout) as resp:
+                    first_byte = time.perf_counter()
+                    if verbose:
+                        stderr.write(f"* stream {resp.stream_id}\n< :status: {resp.status}\n")
+                        for name, value in resp.headers:
+                            stderr.write(f"< {name}: {value}\n")
+                    reads = received = 0
+                    # A CLI writing one local file: blocking writes are what stdout does too.
+                    sink = open(args.output, "wb") if args.output else None  # noqa: SIM115, ASYNC230
+                    try:
+                        out = sink if sink is not None else stdout
+                        async for chunk in resp.aiter_bytes():
+                            reads += 1
+                            received += len(chunk)
+                            out.write(chunk)
+                        out.flush()
+                    finally:
+                        if sink is not None:
+                            sink.close()
+                    trailers = resp.trailers
+                done = time.perf_counter()
     except H2PoolError as exc:
         stderr.write(_error_line(exc))
         return 1
@@ -252,6 +258,23 @@ async def _get(args: argparse.Namespace, stdout: BinaryIO, stderr: TextIO) -> in
             f" connecting, total {_ms(done - start)}\n"
         )
     return 0
+
+
+@contextlib.contextmanager
+def _frames_to(stream: TextIO) -> Iterator[None]:
+    """Write the ``h2pool.frames`` trace to ``stream`` while the block runs."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("* frame %(message)s"))
+    level, propagate = frame_logger.level, frame_logger.propagate
+    frame_logger.addHandler(handler)
+    frame_logger.setLevel(logging.DEBUG)
+    frame_logger.propagate = False
+    try:
+        yield
+    finally:
+        frame_logger.removeHandler(handler)
+        frame_logger.setLevel(level)
+        frame_logger.propagate = propagate
 
 
 # bench

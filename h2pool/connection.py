@@ -52,6 +52,7 @@ from .exceptions import (
     WriteTimeout,
     not_processed,
 )
+from .frame_trace import ConnectionTrace
 from .headers import RawHeaders, ResponseHead, parse_response_head, parse_trailers
 from .hooks import ConnectionInfo, PoolHooks, call_hook
 from .priority import DEFAULT_URGENCY
@@ -138,6 +139,7 @@ class Connection(asyncio.Protocol):
         self.origin_str = str(origin)
         self.info = ConnectionInfo(self.origin_str)
         self.hooks = hooks
+        self._trace = ConnectionTrace.if_enabled(f"#{self.info.id}")
         self.config = config
         self.listener = listener
         self.slots = SlotLedger(config.max_concurrent_streams, peer_limit)
@@ -271,6 +273,8 @@ class Connection(asyncio.Protocol):
             return
         if self._session_sink is not None:
             self._offer_session()
+        if self._trace is not None:
+            self._trace.received(data)
         try:
             events = self._h2.receive_data(data)
         except PEER_DATA_ERRORS as exc:
@@ -808,6 +812,8 @@ class Connection(asyncio.Protocol):
             paused = self._write_paused
             self.transport.write(data)
             self._writes += 1
+            if self._trace is not None:
+                self._trace.sent(data)
             if paused:
                 # Counted from the transport's own pause, not its buffer size,
                 # which the kernel's socket buffer can hide.

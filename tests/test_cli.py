@@ -78,6 +78,15 @@ async def test_get_verbose_reports_request_status_headers_and_timings_on_stderr(
     assert re.search(r"^< content-length: 100$", err, re.MULTILINE)
     assert f"{len(expected_bytes('small'))} body bytes" in err
     assert re.search(r"\* timings: connect [\d.]+ ms, first byte [\d.]+ ms .*total [\d.]+ ms", err)
+    # Every frame of the connection, in order: the preface exchange, then the request's stream.
+    frames = re.findall(r"^\* frame #\d+ ([<>]) (\S+) stream=(\d+)", err, re.MULTILINE)
+    assert frames[0] == (">", "SETTINGS", "0")
+    assert ("<", "SETTINGS", "0") in frames
+    stream = re.search(r"^\* stream (\d+)$", err, re.MULTILINE)
+    assert stream is not None
+    sent_headers = frames.index((">", "HEADERS", stream.group(1)))
+    assert frames.index(("<", "HEADERS", stream.group(1))) > sent_headers
+    assert re.search(rf"^\* frame #\d+ < DATA stream={stream.group(1)} length=\d+ flags=END_STREAM$", err, re.MULTILINE)
 
 
 async def test_get_of_an_unreachable_url_exits_1_with_a_one_line_typed_error() -> None:
