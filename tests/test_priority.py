@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,6 +25,7 @@ from h2pool import ConnectionInfo, Pool, PoolHooks, Priority, Response
 from h2pool.priority import DEFAULT_PRIORITY, UrgencyQueue
 from h2pool.testing import MockServer, PeerRequest, ScriptedPeer, idle
 from tests.servers import ServerProcess
+from tests.test_protocol import make_pool, settled_connection
 
 ORIGIN = "https://example.test"
 MCS = SettingCodes.MAX_CONCURRENT_STREAMS
@@ -36,30 +36,10 @@ SETTINGS_NO_RFC7540_PRIORITIES = 0x9
 URGENT = Priority(urgency=0)
 BACKGROUND = Priority(urgency=7)
 
-#: Bounds each scripted test: far above what any of them needs, far below pytest-timeout.
-TEST_BOUND = 10.0
 #: The peer's flow-control windows give the client this much before any WINDOW_UPDATE.
 DEFAULT_CONNECTION_WINDOW = 65_535
 #: The largest DATA payload the client may send before the peer raises MAX_FRAME_SIZE.
 FRAME = 16_384
-
-
-@contextlib.asynccontextmanager
-async def make_pool(server: MockServer, **options: Any) -> AsyncIterator[Pool]:
-    """A pool dialling ``server``; on a clean exit, checks ledgers and peer errors while still open."""
-    async with asyncio.timeout(TEST_BOUND), Pool(connector=server.connector, **options) as pool:
-        yield pool
-        await idle()
-        server.assert_slots_consistent()
-        assert server.errors == [], "a peer refused what the client sent"
-
-
-async def settled_connection(server: MockServer, pool: Pool) -> ScriptedPeer:
-    """Open a connection and wait until the client applies the peer's SETTINGS."""
-    async with pool.acquire(ORIGIN):
-        peer = await server.next_peer()
-        await peer.wait_settings_acked()
-    return peer
 
 
 def spawn(pool: Pool, path: str, method: str = "GET", **kwargs: Any) -> asyncio.Task[Response]:
