@@ -1,0 +1,304 @@
+"""h2pool.client_h2's frame buffer against h2's, frame by frame.
+
+The buffer joins runs of DATA frames on one stream into one frame. These
+tests feed the same server bytes, cut into the same reads, to a client
+connection with that buffer and to one with h2's own buffer (plus the early
+length check), and require the same outcome: the same data and
+flow-controlled lengths per stream, the same other events in the same order,
+the same error in the same read, the same flow-control windows and
+content-length bookkeeping, and the same kinds of frames sent back.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import h2.events
+import h2.exceptions
+import hpack
+import hyperframe.exceptions
+import pytest
+from h2.frame_buffer import FrameBuffer
+from h2.settings import SettingCodes
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from h2pool.client_h2 import ClientH2Connection
+from h2pool.connection import _H2_CONFIG
+from h2pool.slots import SlotLedger
+
+#: Small enough that drawn DATA can overdraw a stream's window.
+STREAM_WINDOW = 1_000
+MAX_FRAME = 16_384
+OPEN_STREAMS = (1, 3)
+#: A stream the client never opened: DATA on it is a connection error.
+IDLE_STREAM = 5
+
+ERRORS = (h2.exceptions.ProtocolError, hyperframe.exceptions.HyperframeError, hpack.HPACKError)
+
+
+class _FrameByFrameBuffer(FrameBuffer):
+    """The reference: h2's buffer with the early length check, no joined runs."""
+
+    def __next__(self) -> Frame:
+        if len(self._data) >= 9:
+            self._validate_frame_length(int.from_bytes(self._data[:3], "big"))
+        return super().__next__()
+
+
+def _client(frame_by_frame: bool) -> ClientH2Connection:
+    conn = ClientH2Connection(_H2_CONFIG, SlotLedger(100, 100), 65_536)
+    conn.local_settings.update({SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
+    conn.local_settings.acknowledge()
+    if frame_by_frame:
+        conn.incoming_buffer = _FrameByFrameBuffer(server=False)
+    conn.initiate_connection()
+    for stream_id in OPEN_STREAMS:
+        conn.send_headers(
+            stream_id,
+            [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"https"), (b":authority", b"a")],
+            end_stream=True,
+        )
+    conn.data_to_send()
+    return conn
+
+
+@dataclass
+class Outcome:
+    events: list[tuple[Any, ...]]
+    error: tuple[type[BaseException], int] | None
+    windows: dict[int, tuple[int, int | None]]
+    sent: set[tuple[str, int]]
+
+
+def _normalised(events: list[h2.events.Event]) -> list[tuple[Any, ...]]:
+    """Events with consecutive DATA of one stream added up: how the two buffers may differ."""
+    out: list[tuple[Any, ...]] = []
+    for event in events:
+        if isinstance(event, h2.events.DataReceived):
+            if out and out[-1][0] == "data" and out[-1][1] == event.stream_id:
+                _, stream_id, data, flow = out.pop()
+                out.append(("data", stream_id, data + (event.data or b""), flow + (event.flow_controlled_length or 0)))
+            else:
+                out.append(("data", event.stream_id, event.data or b"", event.flow_controlled_length or 0))
+        elif isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+            out.append((type(event).__name__, event.stream_id, event.headers))
+        elif isinstance(event, h2.events.StreamReset):
+            out.append(("reset", event.stream_id, event.error_code, event.remote_reset))
+        else:
+            out.append((type(event).__name__, getattr(event, "stream_id", None)))
+    return out
+
+
+def _play(reads: list[bytes], frame_by_frame: bool) -> Outcome:
+    conn = _client(frame_by_frame)
+    events: list[h2.events.Event] = []
+    error = None
+    for index, data in enumerate(reads):
+        try:
+            events.extend(conn.receive_data(data))
+        except ERRORS as exc:
+            error = (type(exc), index)
+            break
+    # After an error the connection is finished: only what it sent matters.
+    windows: dict[int, tuple[int, int | None]] = {}
+    if error is None:
+        windows = _windows(conn)
+    sent = set()
+    for frame in _frames_in(conn.data_to_send()):
+        sent.add((type(frame).__name__, frame.stream_id))
+    return Outcome(_normalised(events), error, windows, sent)
+
+
+def _windows(conn: ClientH2Connection) -> dict[int, tuple[int, int | None]]:
+    """Each window's size plus the bytes processed but not yet acknowledged, and each stream's body length."""
+    windows: dict[int, tuple[int, int | None]] = {}
+    manager = conn._inbound_flow_control_window_manager
+    windows[0] = (manager.current_window_size + manager._bytes_processed, None)
+    for stream_id, stream in conn.streams.items():
+        stream_manager = stream._inbound_window_manager
+        windows[stream_id] = (
+            stream_manager.current_window_size + stream_manager._bytes_processed,
+            stream._actual_content_length,
+        )
+    return windows
+
+
+def _frames_in(data: bytes) -> list[Frame]:
+    frames = []
+    while data:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        frames.append(frame)
+        data = data[9 + length :]
+    return frames
+
+
+def _assert_same(wire: bytes, cuts: list[int]) -> Outcome:
+    reads, last = [], 0
+    for cut in sorted({c % (len(wire) + 1) for c in cuts}):
+        reads.append(wire[last:cut])
+        last = cut
+    reads.append(wire[last:])
+    joined, reference = _play(reads, frame_by_frame=False), _play(reads, frame_by_frame=True)
+    assert joined == reference
+    return joined
+
+
+_ENCODER = hpack.Encoder()
+
+
+def _headers(stream_id: int, fields: list[tuple[bytes, bytes]], end_stream: bool, split: bool) -> bytes:
+    block = _ENCODER.encode(fields)
+    if not split:
+        return HeadersFrame(
+            stream_id, block, flags=["END_HEADERS"] + (["END_STREAM"] if end_stream else [])
+        ).serialize()
+    head = HeadersFrame(stream_id, block[:2], flags=["END_STREAM"] if end_stream else []).serialize()
+    return head + ContinuationFrame(stream_id, block[2:], flags=["END_HEADERS"]).serialize()
+
+
+def _data(stream_id: int, size: int, pad: int | None, end_stream: bool) -> bytes:
+    flags = ["END_STREAM"] if end_stream else []
+    frame = DataFrame(stream_id, bytes([stream_id]) * size, flags=flags + (["PADDED"] if pad is not None else []))
+    if pad is not None:
+        frame.pad_length = pad
+    return frame.serialize()
+
+
+def _raw_frame(kind: int, flags: int, stream_id: int, payload: bytes, length: int | None = None) -> bytes:
+    size = len(payload) if length is None else length
+    return struct.pack(">HBBBL", size >> 8, size & 0xFF, kind, flags, stream_id) + payload
+
+
+PREFACE = SettingsFrame(0).serialize()
+STREAMS = st.sampled_from([*OPEN_STREAMS, IDLE_STREAM])
+MOVES = st.one_of(
+    st.tuples(st.just("data"), STREAMS, st.integers(0, 400), st.none() | st.integers(0, 20), st.booleans()),
+    st.tuples(st.just("response"), st.sampled_from(OPEN_STREAMS), st.none() | st.integers(0, 2_000), st.booleans()),
+    st.tuples(st.just("trailers"), st.sampled_from(OPEN_STREAMS), st.booleans()),
+    st.tuples(st.just("rst"), st.sampled_from(OPEN_STREAMS)),
+    st.tuples(st.just("ping")),
+    st.tuples(st.just("window_update"), st.sampled_from([0, *OPEN_STREAMS])),
+    st.tuples(st.just("oversized"), st.sampled_from(OPEN_STREAMS), st.booleans()),
+    st.tuples(st.just("reserved_bit"), st.sampled_from(OPEN_STREAMS), st.integers(0, 50), st.integers(0, 255)),
+    st.tuples(st.just("bad_padding"), st.sampled_from(OPEN_STREAMS)),
+    st.tuples(st.just("open_header_block"), st.sampled_from(OPEN_STREAMS)),
+)
+
+
+def _wire(move: tuple[Any, ...]) -> bytes:
+    kind = move[0]
+    if kind == "data":
+        _, stream_id, size, pad, end_stream = move
+        return _data(stream_id, size, pad, end_stream)
+    if kind == "response":
+        _, stream_id, length, split = move
+        fields = [(b":status", b"200")] + ([(b"content-length", str(length).encode())] if length is not None else [])
+        return _headers(stream_id, fields, end_stream=False, split=split)
+    if kind == "trailers":
+        return _headers(move[1], [(b"x-end", b"1")], end_stream=True, split=move[2])
+    if kind == "rst":
+        return RstStreamFrame(move[1], error_code=8).serialize()
+    if kind == "ping":
+        return PingFrame(0, b"12345678").serialize()
+    if kind == "window_update":
+        return WindowUpdateFrame(move[1], window_increment=100).serialize()
+    if kind == "oversized":
+        # Rejected on its header, whether or not its payload has arrived.
+        _, stream_id, whole = move
+        return _raw_frame(0, 0, stream_id, bytes(MAX_FRAME + 1) if whole else b"", length=MAX_FRAME + 1)
+    if kind == "reserved_bit":
+        # Every flag bit, the reserved stream ID bit: what hyperframe ignores, so must the run.
+        _, stream_id, size, flags = move
+        return _raw_frame(0, flags & ~0x8, stream_id | 0x8000_0000, bytes(size))
+    if kind == "open_header_block":
+        # Anything but its CONTINUATION next is a connection error.
+        return HeadersFrame(move[1], b"\x88").serialize()
+    # Padding as long as the payload.
+    return _raw_frame(0, 0x8, move[1], bytes([4, 0, 0, 0]))
+
+
+@settings(
+    max_examples=400, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(moves=st.lists(MOVES, max_size=25), cuts=st.lists(st.integers(0, 20_000), max_size=6))
+def test_joined_data_runs_have_the_outcome_of_frame_by_frame_parsing(
+    moves: list[tuple[Any, ...]], cuts: list[int]
+) -> None:
+    _assert_same(PREFACE + b"".join(_wire(move) for move in moves), cuts)
+
+
+def _response(stream_id: int, length: int | None = None) -> bytes:
+    return _wire(("response", stream_id, length, False))
+
+
+def test_a_run_of_data_frames_is_one_event_with_the_sum_of_their_lengths() -> None:
+    wire = PREFACE + _response(1) + b"".join(_data(1, 100, None, i == 4) for i in range(5))
+    outcome = _assert_same(wire, [])
+    events = [event for event in _client(False).receive_data(wire) if isinstance(event, h2.events.DataReceived)]
+    assert [(event.data, event.flow_controlled_length) for event in events] == [(b"\x01" * 500, 500)]
+    assert events[0].stream_ended is not None
+    assert outcome.error is None
+
+
+def test_a_run_ends_at_padding_another_stream_or_an_incomplete_frame() -> None:
+    frames = [_data(1, 10, None, False), _data(1, 10, 3, False), _data(1, 10, None, False), _data(3, 10, None, False)]
+    wire = PREFACE + _response(1) + _response(3) + b"".join(frames) + _data(3, 10, None, False)
+    conn = _client(False)
+    events = conn.receive_data(wire[:-5])
+    data_events = [(e.stream_id, e.flow_controlled_length) for e in events if isinstance(e, h2.events.DataReceived)]
+    assert data_events == [(1, 10), (1, 14), (1, 10), (3, 10)]
+    _assert_same(wire, [len(wire) - 5])
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        # The third frame overdraws the stream's 1,000-byte window.
+        (
+            PREFACE + _response(1) + b"".join(_data(1, 400, None, False) for _ in range(3)),
+            h2.exceptions.FlowControlError,
+        ),
+        # More body than content-length announced.
+        (
+            PREFACE + _response(1, 500) + b"".join(_data(1, 300, None, False) for _ in range(2)),
+            h2.exceptions.ProtocolError,
+        ),
+        # DATA inside a header block.
+        (
+            PREFACE + _response(1) + HeadersFrame(1, b"\x88").serialize() + _data(1, 10, None, False),
+            h2.exceptions.ProtocolError,
+        ),
+        # An oversized frame behind a valid one.
+        (
+            PREFACE + _response(1) + _data(1, 10, None, False) + _wire(("oversized", 1, True)),
+            h2.exceptions.FrameTooLargeError,
+        ),
+        # DATA on stream 0.
+        (PREFACE + _raw_frame(0, 0, 0, b"abc"), h2.exceptions.ProtocolError),
+    ],
+)
+def test_errors_inside_a_run_are_the_errors_of_frame_by_frame_parsing(wire: bytes, error: type[Exception]) -> None:
+    outcome = _assert_same(wire, [])
+    assert outcome.error is not None and issubclass(outcome.error[0], error)
+
+
+def test_data_after_end_stream_is_not_joined_to_the_run_before_it() -> None:
+    wire = PREFACE + _response(1) + _data(1, 10, None, True) + _data(1, 10, None, False) + _data(1, 10, None, False)
+    outcome = _assert_same(wire, [])
+    # The stream is closed: h2 resets it and gives the connection window back.
+    assert outcome.error is None and ("RstStreamFrame", 1) in outcome.sent
+    assert [event for event in outcome.events if event[0] == "data"] == [("data", 1, b"\x01" * 10, 10)]
