@@ -302,3 +302,79 @@ def test_data_after_end_stream_is_not_joined_to_the_run_before_it() -> None:
     # The stream is closed: h2 resets it and gives the connection window back.
     assert outcome.error is None and ("RstStreamFrame", 1) in outcome.sent
     assert [event for event in outcome.events if event[0] == "data"] == [("data", 1, b"\x01" * 10, 10)]
+
+
+# Request HEADERS: ClientH2Connection.send_headers against h2's own.
+
+
+def _h2_send_headers(conn: ClientH2Connection, stream_id: int, headers: Any, end_stream: bool) -> None:
+    h2.connection.H2Connection.send_headers(conn, stream_id, headers, end_stream)
+
+
+def _sender(max_frame_size: int) -> ClientH2Connection:
+    conn = ClientH2Connection(_H2_CONFIG, SlotLedger(100, 100), 65_536)
+    conn.initiate_connection()
+    peer_settings = SettingsFrame(0, settings={SettingCodes.MAX_CONCURRENT_STREAMS: 3})
+    if max_frame_size != MAX_FRAME:
+        peer_settings.settings[SettingCodes.MAX_FRAME_SIZE] = max_frame_size
+    conn.receive_data(peer_settings.serialize())
+    conn.data_to_send()
+    return conn
+
+
+def _sent_state(conn: ClientH2Connection) -> tuple[Any, ...]:
+    streams = {
+        stream_id: (stream.state_machine.state, stream._authority, stream.request_method, stream.open)
+        for stream_id, stream in conn.streams.items()
+    }
+    return conn.data_to_send(), streams, conn.state_machine.state, conn.highest_outbound_stream_id
+
+
+FIELD = st.tuples(st.sampled_from([b"x-a", b"accept", b"cookie"]), st.binary(max_size=40))
+REQUEST = st.tuples(
+    st.sampled_from([1, 2, 3, 5, 7, 9, 11]),
+    st.sampled_from([b"GET", b"HEAD", b"POST"]),
+    st.lists(FIELD, max_size=4),
+    st.booleans(),
+    # Long enough for CONTINUATION at either frame size, or not.
+    st.sampled_from([0, 1, 80]),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(requests=st.lists(REQUEST, max_size=6), max_frame_size=st.sampled_from([MAX_FRAME, 16_384 * 2]))
+def test_request_headers_are_sent_as_h2_sends_them(requests: list[tuple[Any, ...]], max_frame_size: int) -> None:
+    ours, reference = _sender(max_frame_size), _sender(max_frame_size)
+    for stream_id, method, fields, end_stream, path_length in requests:
+        # Long paths make blocks that need CONTINUATION frames.
+        block = [
+            (b":method", method),
+            (b":scheme", b"https"),
+            (b":authority", b"a.test"),
+            (b":path", b"/" + bytes(range(256)) * path_length),
+            *fields,
+        ]
+        outcomes = []
+        for conn, send in ((ours, ClientH2Connection.send_headers), (reference, _h2_send_headers)):
+            try:
+                send(conn, stream_id, block, end_stream)
+                outcomes.append(None)
+            except h2.exceptions.H2Error as exc:
+                outcomes.append(type(exc))
+            if outcomes[-1] is None:
+                conn._slots.reserve()
+                conn._slots.opened()
+        assert outcomes[0] == outcomes[1]
+        assert _sent_state(ours) == _sent_state(reference)
+
+
+def test_trailers_and_non_bytes_fields_go_through_h2() -> None:
+    ours, reference = _sender(MAX_FRAME), _sender(MAX_FRAME)
+    request = [(":method", "POST"), (":scheme", "https"), (":authority", "a.test"), (":path", "/")]
+    for conn, send in ((ours, ClientH2Connection.send_headers), (reference, _h2_send_headers)):
+        send(conn, 1, request, False)
+        send(conn, 1, [(b"x-end", b"1")], True)
+    sent, streams, _, _ = _sent_state(ours)
+    assert sent == _sent_state(reference)[0]
+    assert [type(frame) for frame in _frames_in(sent)] == [HeadersFrame, HeadersFrame]
+    assert streams[1][0] == reference.streams[1].state_machine.state
