@@ -104,11 +104,18 @@ _END_STREAM = 0x1
 _PADDED = 0x8
 _STREAM_ID_MASK = 0x7FFFFFFF
 _RUN_END_FLAGS = ("END_STREAM",)
+_HEADERS_TYPE = HeadersFrame.type
+_CONTINUATION_TYPE = ContinuationFrame.type
+_END_HEADERS = 0x4
+_PADDED_OR_PRIORITY = _PADDED | 0x20
+#: A whole header block's flags, by its END_STREAM bit.
+_HEADERS_FLAGS = {0: ("END_HEADERS",), _END_STREAM: ("END_HEADERS", "END_STREAM")}
+_QuietHeadersFrame = cast(type[HeadersFrame], _QUIET_FRAMES[HeadersFrame])
 _QuietDataFrame = cast(type[DataFrame], _QUIET_FRAMES[DataFrame])
 
 
 class _ClientFrameBuffer(FrameBuffer):
-    """h2's frame buffer, with two changes.
+    """h2's frame buffer, with three changes.
 
     * An oversized frame is rejected on its 9-byte header, not once its
       whole payload is buffered.
@@ -125,6 +132,10 @@ class _ClientFrameBuffer(FrameBuffer):
       frames does). Anything else - padding, another stream or type, a
       frame not yet complete, a header block in progress - goes through
       h2's own parsing, one frame at a time, in order.
+    * A complete HEADERS frame with END_HEADERS and neither padding nor
+      priority, the shape of nearly every response, is made into its frame
+      object directly: its payload is the header block, which is all
+      hyperframe would parse out of it. Other HEADERS go through h2.
     """
 
     def __next__(self) -> Frame:
@@ -132,12 +143,27 @@ class _ClientFrameBuffer(FrameBuffer):
         if len(data) < 9:
             raise StopIteration
         length_high, length_low, kind, flags, stream_id = _FRAME_HEADER.unpack_from(data)
-        self._validate_frame_length((length_high << 8) + length_low)
-        if kind == _DATA_TYPE and not flags & _PADDED and stream_id & _STREAM_ID_MASK and not self._headers_buffer:
-            run = self._data_run(stream_id & _STREAM_ID_MASK)
-            if run is not None:
-                return run
+        length = (length_high << 8) + length_low
+        self._validate_frame_length(length)
+        stream_id &= _STREAM_ID_MASK
+        if stream_id and not self._headers_buffer:
+            if kind == _DATA_TYPE and not flags & _PADDED:
+                run = self._data_run(stream_id)
+                if run is not None:
+                    return run
+            elif kind == _HEADERS_TYPE and flags & _END_HEADERS and not flags & _PADDED_OR_PRIORITY:
+                end = 9 + length
+                if len(data) >= end:
+                    return self._whole_header_block(stream_id, flags, end)
         return super().__next__()
+
+    def _whole_header_block(self, stream_id: int, flags: int, end: int) -> HeadersFrame:
+        """A HEADERS frame with END_HEADERS and no padding or priority: its payload is the block."""
+        data = self._data
+        frame = _QuietHeadersFrame(stream_id, bytes(data[9:end]), flags=_HEADERS_FLAGS[flags & _END_STREAM])
+        frame.body_len = end - 9
+        del data[:end]
+        return frame
 
     def _data_run(self, stream_id: int) -> DataFrame | None:
         data = self._data
@@ -280,11 +306,6 @@ class ClientH2Connection(h2.connection.H2Connection):
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[h2.events.Event]]:
         return [], [goaway_event(frame)]
-
-
-_HEADERS_TYPE = HeadersFrame.type
-_CONTINUATION_TYPE = ContinuationFrame.type
-_END_HEADERS = 0x4
 
 
 def _header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame_size: int) -> bytes:

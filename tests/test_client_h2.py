@@ -1,12 +1,16 @@
-"""h2pool.client_h2's frame buffer against h2's, frame by frame.
+"""h2pool.client_h2's adaptations against h2's own code paths.
 
-The buffer joins runs of DATA frames on one stream into one frame. These
-tests feed the same server bytes, cut into the same reads, to a client
-connection with that buffer and to one with h2's own buffer (plus the early
-length check), and require the same outcome: the same data and
+The frame buffer joins runs of DATA frames on one stream into one frame and
+parses whole HEADERS blocks itself. These tests feed the same server bytes,
+cut into the same reads, to a client connection with that buffer and to one
+with h2's own buffer (plus the early length check), and require the same
+outcome: the same data and
 flow-controlled lengths per stream, the same other events in the same order,
 the same error in the same read, the same flow-control windows and
 content-length bookkeeping, and the same kinds of frames sent back.
+
+Request HEADERS sent without h2's frame objects are compared with h2's own
+``send_headers`` the same way: same bytes, errors and stream states.
 """
 
 from __future__ import annotations
@@ -196,6 +200,14 @@ MOVES = st.one_of(
     st.tuples(st.just("reserved_bit"), st.sampled_from(OPEN_STREAMS), st.integers(0, 50), st.integers(0, 255)),
     st.tuples(st.just("bad_padding"), st.sampled_from(OPEN_STREAMS)),
     st.tuples(st.just("open_header_block"), st.sampled_from(OPEN_STREAMS)),
+    st.tuples(
+        st.just("raw_headers"),
+        st.sampled_from([0, *OPEN_STREAMS]),
+        st.integers(0, 255),
+        st.sampled_from(
+            [b"\x88", b"\x00\x88", b"\x02\x88\x00\x00", bytes(5) + b"\x88", b"\x01" + bytes(5) + b"\x88\x00"]
+        ),
+    ),
 )
 
 
@@ -224,6 +236,11 @@ def _wire(move: tuple[Any, ...]) -> bytes:
         # Every flag bit, the reserved stream ID bit: what hyperframe ignores, so must the run.
         _, stream_id, size, flags = move
         return _raw_frame(0, flags & ~0x8, stream_id | 0x8000_0000, bytes(size))
+    if kind == "raw_headers":
+        # Any flags (padding, priority, END_HEADERS, undefined bits) over a
+        # block that fits some of them: what hyperframe accepts, so must the buffer.
+        _, stream_id, flags, payload = move
+        return _raw_frame(1, flags, stream_id, payload)
     if kind == "open_header_block":
         # Anything but its CONTINUATION next is a connection error.
         return HeadersFrame(move[1], b"\x88").serialize()
@@ -378,3 +395,18 @@ def test_trailers_and_non_bytes_fields_go_through_h2() -> None:
     assert sent == _sent_state(reference)[0]
     assert [type(frame) for frame in _frames_in(sent)] == [HeadersFrame, HeadersFrame]
     assert streams[1][0] == reference.streams[1].state_machine.state
+
+
+@pytest.mark.parametrize(
+    ("flags", "payload"),
+    [
+        (0x4 | 0x20, bytes(4) + b"\x10\x88"),  # PRIORITY: 5 bytes before the block
+        (0x4 | 0x8, b"\x02\x88\x00\x00"),  # PADDED: pad length, block, padding
+        (0x4 | 0x8 | 0x20 | 0x1, b"\x01" + bytes(4) + b"\x10\x88\x00"),
+        (0x4 | 0x1 | 0x2 | 0x10 | 0x40 | 0x80, b"\x88"),  # undefined bits are ignored
+    ],
+)
+def test_header_blocks_with_padding_or_priority_are_read_as_hyperframe_reads_them(flags: int, payload: bytes) -> None:
+    outcome = _assert_same(PREFACE + _raw_frame(1, flags, 1, payload), [])
+    assert outcome.error is None
+    assert ("ResponseReceived", 1, [(b":status", b"200")]) in outcome.events
