@@ -24,6 +24,9 @@ import time, and is covered by tests that would fail if h2 changed under it:
   step, window check and event per run instead of per 8 KiB frame, with the
   same flow-control, content-length and frame-size checks.
   ``tests/test_client_h2.py`` compares it with h2's own buffer.
+* **No exception per finished response.** Acknowledging data of a
+  stream already forgotten returns the connection's window directly, where
+  h2 raises and catches StreamClosedError.
 * **Request HEADERS without frame objects.** Opening a stream with a list
   of bytes fields takes h2's steps on h2's state machines and encoder, and
   writes the HEADERS/CONTINUATION bytes directly; anything else (trailers,
@@ -271,6 +274,27 @@ class ClientH2Connection(h2.connection.H2Connection):
         stream.request_method = extract_method_header(headers)
         # A new stream's frame size is the connection's (h2 copies it at creation).
         self._data_to_send += _header_frames(stream_id, block, end_stream, self.max_outbound_frame_size)
+
+    def acknowledge_received_data(self, acknowledged_size: int, stream_id: int) -> None:
+        """Give back window for data taken by a consumer, without an exception for a finished stream.
+
+        A response usually ends, and its stream is forgotten, before the
+        consumer takes its data; h2 then raises and catches StreamClosedError
+        (with its traceback) to hand back only the connection's window. That
+        outcome is produced here directly, for exactly the case h2 catches: a
+        stream of ours, opened earlier, no longer in ``streams``.
+        """
+        if (
+            stream_id in self.streams
+            or stream_id % 2 == 0
+            or not 0 < stream_id <= self.highest_outbound_stream_id
+            or acknowledged_size < 0
+        ):
+            super().acknowledge_received_data(acknowledged_size, stream_id)
+            return
+        increment = self._inbound_flow_control_window_manager.process_bytes(acknowledged_size)
+        if increment:
+            self._prepare_for_sending([WindowUpdateFrame(0, window_increment=increment)])
 
     def forget_stream(self, stream_id: int) -> None:
         """Drop a stream the pool is done with; h2 remembers how it closed."""

@@ -410,3 +410,49 @@ def test_header_blocks_with_padding_or_priority_are_read_as_hyperframe_reads_the
     outcome = _assert_same(PREFACE + _raw_frame(1, flags, 1, payload), [])
     assert outcome.error is None
     assert ("ResponseReceived", 1, [(b":status", b"200")]) in outcome.events
+
+
+# Window acknowledgements.
+
+
+def _acknowledged(conn: ClientH2Connection, size: int, stream_id: int, own: bool) -> tuple[Any, ...]:
+    try:
+        if own:
+            conn.acknowledge_received_data(size, stream_id)
+        else:
+            h2.connection.H2Connection.acknowledge_received_data(conn, size, stream_id)
+    except (ValueError, h2.exceptions.H2Error) as exc:
+        return (type(exc),)
+    return (conn.data_to_send(), _windows(conn))
+
+
+@pytest.mark.parametrize(
+    ("size", "stream_id", "updated"),
+    [
+        (40_000, 1, [0]),  # forgotten stream of ours: the connection's window only
+        (10, 1, []),  # too little for a WINDOW_UPDATE yet
+        (40_000, 3, [0, 3]),  # live stream: its window and the connection's
+        (10, 9, None),  # never opened: h2 raises
+        (10, 2, None),  # the server's stream ID space
+        (10, 0, None),
+        (10, -1, None),
+        (-1, 1, None),
+    ],
+)
+def test_acknowledging_data_has_the_outcome_of_h2s_acknowledgement(
+    size: int, stream_id: int, updated: list[int] | None
+) -> None:
+    outcomes = []
+    for own in (True, False):
+        conn = _client(frame_by_frame=False)
+        conn.receive_data(
+            PREFACE + _response(1) + _response(3) + _data(1, 900, None, True) + _data(3, 900, None, False)
+        )
+        conn.forget_stream(1)
+        conn.data_to_send()
+        outcomes.append(_acknowledged(conn, size, stream_id, own))
+    assert outcomes[0] == outcomes[1]
+    if updated is None:
+        assert len(outcomes[0]) == 1, "h2 raises here"
+    else:
+        assert sorted(frame.stream_id for frame in _frames_in(outcomes[0][0])) == updated
