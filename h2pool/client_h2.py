@@ -246,9 +246,7 @@ class ClientH2Connection(h2.connection.H2Connection):
             or config.normalize_outbound_headers
             or config.validate_outbound_headers
             or not config.client_side
-            or not isinstance(headers, list)
-            or not headers
-            or not all(type(name) is bytes and type(value) is bytes for name, value in headers)
+            or not _bytes_fields(headers)
         ):
             super().send_headers(
                 stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive
@@ -332,20 +330,26 @@ class ClientH2Connection(h2.connection.H2Connection):
         return [], [goaway_event(frame)]
 
 
+def _bytes_fields(headers: Any) -> bool:
+    """Whether ``headers`` is a non-empty list of (bytes, bytes) fields."""
+    if type(headers) is not list or not headers:
+        return False
+    # A loop, not all() over a generator: half the time, once per request.
+    for name, value in headers:  # noqa: SIM110
+        if type(name) is not bytes or type(value) is not bytes:
+            return False
+    return True
+
+
 def _header_frames(stream_id: int, block: bytes, end_stream: bool, max_frame_size: int) -> bytes:
     """HEADERS (and CONTINUATION) frames carrying ``block``, as hyperframe would serialize them."""
-    frames: list[bytes] = []
-    size = len(block)
-    for start in range(0, size, max_frame_size):
-        piece = block[start : start + max_frame_size]
-        if start:
-            kind, flags = _CONTINUATION_TYPE, 0
-        else:
-            kind, flags = _HEADERS_TYPE, _END_STREAM if end_stream else 0
-        if start + max_frame_size >= size:
-            flags |= _END_HEADERS
-        length = len(piece)
-        frames += (_FRAME_HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id), piece)
+    piece, rest = block[:max_frame_size], block[max_frame_size:]
+    flags = (_END_STREAM if end_stream else 0) | (0 if rest else _END_HEADERS)
+    frames = [_FRAME_HEADER.pack(len(piece) >> 8, len(piece) & 0xFF, _HEADERS_TYPE, flags, stream_id), piece]
+    while rest:
+        piece, rest = rest[:max_frame_size], rest[max_frame_size:]
+        flags = 0 if rest else _END_HEADERS
+        frames += (_FRAME_HEADER.pack(len(piece) >> 8, len(piece) & 0xFF, _CONTINUATION_TYPE, flags, stream_id), piece)
     return b"".join(frames)
 
 
