@@ -24,6 +24,10 @@ import time, and is covered by tests that would fail if h2 changed under it:
   step, window check and event per run instead of per 8 KiB frame, with the
   same flow-control, content-length and frame-size checks.
   ``tests/test_client_h2.py`` compares it with h2's own buffer.
+* **Response header blocks without work for disabled options.** With
+  inbound normalisation and validation off, h2 still builds validation
+  flags and copies the fields through a no-op pipeline; a block on an
+  open stream takes h2's other steps only.
 * **No exception per finished response.** Acknowledging data of a
   stream already forgotten returns the connection's window directly, where
   h2 raises and catches StreamClosedError.
@@ -45,10 +49,10 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-from h2.connection import AllowedStreamIDs, ConnectionInputs
+from h2.connection import AllowedStreamIDs, ConnectionInputs, _decode_headers
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
-from h2.stream import StreamInputs
+from h2.stream import H2Stream, StreamInputs
 from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
 from hyperframe.frame import (
     AltSvcFrame,
@@ -202,6 +206,10 @@ class _ClientFrameBuffer(FrameBuffer):
         return frame
 
 
+_FinalHeadersEvent = h2.events.ResponseReceived | h2.events.TrailersReceived
+_HeadersEvent = _FinalHeadersEvent | h2.events.InformationalResponseReceived
+
+
 class ClientH2Connection(h2.connection.H2Connection):
     """A client ``H2Connection`` whose open-stream count is ``slots.open``."""
 
@@ -313,10 +321,53 @@ class ClientH2Connection(h2.connection.H2Connection):
         return super()._receive_frame(frame)
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
-        if frame.stream_id % 2 == 0 and frame.stream_id not in self.streams:
+        stream_id = frame.stream_id
+        stream = self.streams.get(stream_id)
+        if stream is None and stream_id % 2 == 0:
             # Push is disabled: a server never opens a stream (RFC 9113 §5.1.1, §8.4).
-            raise h2.exceptions.ProtocolError(f"server sent HEADERS on stream {frame.stream_id}, which it cannot open")
-        return super()._receive_headers_frame(frame)
+            raise h2.exceptions.ProtocolError(f"server sent HEADERS on stream {stream_id}, which it cannot open")
+        config = self.config
+        if (
+            stream is None
+            or "PRIORITY" in frame.flags
+            or config.normalize_inbound_headers
+            or config.validate_inbound_headers
+            or isinstance(config.header_encoding, str)
+        ):
+            return super()._receive_headers_frame(frame)
+        return self._receive_stream_headers(stream, frame)
+
+    def _receive_stream_headers(self, stream: H2Stream, frame: HeadersFrame) -> tuple[list[Frame], list[Any]]:
+        """h2's handling of a header block on an existing stream, minus its work for disabled options.
+
+        With inbound normalisation and validation off and bytes headers,
+        h2 still builds header validation flags and copies the fields
+        through a no-op pipeline per response. These are its steps, in its
+        order, on its state machines: decode, connection input, the
+        stream's informational/final/trailer input and END_STREAM,
+        content-length, the trailers-need-END_STREAM check.
+        """
+        headers = _decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        end_stream = "END_STREAM" in frame.flags
+        informational = is_informational_response(headers)
+        if informational and end_stream:
+            raise h2.exceptions.ProtocolError("Cannot set END_STREAM on informational responses")
+        machine = stream.state_machine
+        stream_events = machine.process_input(
+            StreamInputs.RECV_INFORMATIONAL_HEADERS if informational else StreamInputs.RECV_HEADERS
+        )
+        headers_event = cast(_HeadersEvent, stream_events[0])
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            # Not informational: that raised above.
+            cast(_FinalHeadersEvent, headers_event).stream_ended = cast(h2.events.StreamEnded, ended[0])
+            stream_events += ended
+        stream._initialize_content_length(headers)
+        if isinstance(headers_event, h2.events.TrailersReceived) and not end_stream:
+            raise h2.exceptions.ProtocolError("Trailers must have END_STREAM set")
+        headers_event.headers = list(headers)
+        return [], events + stream_events
 
     def _receive_rst_stream_frame(self, frame: RstStreamFrame) -> Any:
         stream_id = frame.stream_id

@@ -1,10 +1,11 @@
 """h2pool.client_h2's adaptations against h2's own code paths.
 
 The frame buffer joins runs of DATA frames on one stream into one frame and
-parses whole HEADERS blocks itself. These tests feed the same server bytes,
-cut into the same reads, to a client connection with that buffer and to one
-with h2's own buffer (plus the early length check), and require the same
-outcome: the same data and
+parses whole HEADERS blocks itself, and header blocks on open streams skip
+h2's work for disabled options. These tests feed the same server bytes, cut
+into the same reads, to a client connection with those changes and to one
+with h2's own buffer (plus the early length check) and h2's own header
+handling, and require the same outcome: the same data and
 flow-controlled lengths per stream, the same other events in the same order,
 the same error in the same read, the same flow-control windows and
 content-length bookkeeping, and the same kinds of frames sent back.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import h2.events
@@ -62,12 +64,22 @@ class _FrameByFrameBuffer(FrameBuffer):
         return super().__next__()
 
 
+def _h2_receive_headers(conn: ClientH2Connection, frame: HeadersFrame) -> Any:
+    """The reference for header blocks: h2's own handling behind h2pool's push guard."""
+    if frame.stream_id % 2 == 0 and frame.stream_id not in conn.streams:
+        raise h2.exceptions.ProtocolError("server-opened stream")
+    return h2.connection.H2Connection._receive_headers_frame(conn, frame)
+
+
 def _client(frame_by_frame: bool) -> ClientH2Connection:
     conn = ClientH2Connection(_H2_CONFIG, SlotLedger(100, 100), 65_536)
     conn.local_settings.update({SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW})
     conn.local_settings.acknowledge()
     if frame_by_frame:
         conn.incoming_buffer = _FrameByFrameBuffer(server=False)
+        table = conn._frame_dispatch_table
+        for cls in [cls for cls in table if issubclass(cls, HeadersFrame)]:
+            table[cls] = partial(_h2_receive_headers, conn)
     conn.initiate_connection()
     for stream_id in OPEN_STREAMS:
         conn.send_headers(
@@ -191,8 +203,16 @@ PREFACE = SettingsFrame(0).serialize()
 STREAMS = st.sampled_from([*OPEN_STREAMS, IDLE_STREAM])
 MOVES = st.one_of(
     st.tuples(st.just("data"), STREAMS, st.integers(0, 400), st.none() | st.integers(0, 20), st.booleans()),
-    st.tuples(st.just("response"), st.sampled_from(OPEN_STREAMS), st.none() | st.integers(0, 2_000), st.booleans()),
-    st.tuples(st.just("trailers"), st.sampled_from(OPEN_STREAMS), st.booleans()),
+    st.tuples(
+        st.just("response"),
+        st.sampled_from(OPEN_STREAMS),
+        st.none() | st.integers(0, 2_000),
+        st.booleans(),
+        # Informational responses, and END_STREAM where it is and is not allowed.
+        st.sampled_from([b"200", b"204", b"100", b"103"]),
+        st.booleans(),
+    ),
+    st.tuples(st.just("trailers"), st.sampled_from(OPEN_STREAMS), st.booleans(), st.booleans()),
     st.tuples(st.just("rst"), st.sampled_from(OPEN_STREAMS)),
     st.tuples(st.just("ping")),
     st.tuples(st.just("window_update"), st.sampled_from([0, *OPEN_STREAMS])),
@@ -217,11 +237,12 @@ def _wire(move: tuple[Any, ...]) -> bytes:
         _, stream_id, size, pad, end_stream = move
         return _data(stream_id, size, pad, end_stream)
     if kind == "response":
-        _, stream_id, length, split = move
-        fields = [(b":status", b"200")] + ([(b"content-length", str(length).encode())] if length is not None else [])
-        return _headers(stream_id, fields, end_stream=False, split=split)
+        _, stream_id, length, split, status, end_stream = move
+        fields = [(b":status", status)] + ([(b"content-length", str(length).encode())] if length is not None else [])
+        return _headers(stream_id, fields, end_stream=end_stream, split=split)
     if kind == "trailers":
-        return _headers(move[1], [(b"x-end", b"1")], end_stream=True, split=move[2])
+        _, stream_id, split, end_stream = move
+        return _headers(stream_id, [(b"x-end", b"1")], end_stream=end_stream, split=split)
     if kind == "rst":
         return RstStreamFrame(move[1], error_code=8).serialize()
     if kind == "ping":
@@ -259,7 +280,7 @@ def test_joined_data_runs_have_the_outcome_of_frame_by_frame_parsing(
 
 
 def _response(stream_id: int, length: int | None = None) -> bytes:
-    return _wire(("response", stream_id, length, False))
+    return _wire(("response", stream_id, length, False, b"200", False))
 
 
 def test_a_run_of_data_frames_is_one_event_with_the_sum_of_their_lengths() -> None:
@@ -306,6 +327,10 @@ def test_a_run_ends_at_padding_another_stream_or_an_incomplete_frame() -> None:
         ),
         # DATA on stream 0.
         (PREFACE + _raw_frame(0, 0, 0, b"abc"), h2.exceptions.ProtocolError),
+        # An informational response cannot end the stream.
+        (PREFACE + _wire(("response", 1, None, False, b"103", True)), h2.exceptions.ProtocolError),
+        # Trailers must end it.
+        (PREFACE + _response(1) + _wire(("trailers", 1, False, False)), h2.exceptions.ProtocolError),
     ],
 )
 def test_errors_inside_a_run_are_the_errors_of_frame_by_frame_parsing(wire: bytes, error: type[Exception]) -> None:
@@ -462,3 +487,16 @@ def test_acknowledging_data_has_the_outcome_of_h2s_acknowledgement(
         assert len(outcomes[0]) == 1, "h2 raises here"
     else:
         assert sorted(frame.stream_id for frame in _frames_in(outcomes[0][0])) == updated
+
+
+def test_a_response_after_our_goaway_is_refused_as_h2_refuses_it() -> None:
+    outcomes = []
+    for frame_by_frame in (False, True):
+        conn = _client(frame_by_frame)
+        conn.receive_data(PREFACE)
+        conn.close_connection()
+        conn.data_to_send()
+        with pytest.raises(h2.exceptions.ProtocolError) as raised:
+            conn.receive_data(_response(1))
+        outcomes.append((type(raised.value), conn.data_to_send()))
+    assert outcomes[0] == outcomes[1]
