@@ -267,7 +267,7 @@ class Connection(asyncio.Protocol):
         if self.config.max_lifetime is not None:
             self._set_timer("lifetime", self.config.max_lifetime, self.retire)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received(self, data: bytes | bytearray) -> None:
         self.last_read = self.loop.time()
         if self._flooded():
             return

@@ -4,9 +4,10 @@ asyncio's own TLS (``sslproto``) has two costs a connection pool feels:
 its ``create_connection`` takes no TLS session to offer (cpython#79152),
 and every connection holds a 256 KiB read buffer for its whole life
 (``SSLProtocol.max_size``): half the memory of 10,000 streams over 40
-connections. Here the socket's bytes go into a ``MemoryBIO``; decrypted
-data is read out in records, joined, and handed to the HTTP/2 connection
-in one ``data_received`` per socket read. Nothing is kept between reads but
+connections. Here the socket's bytes go into a ``MemoryBIO``; OpenSSL
+decrypts every complete record into one buffer, handed to the HTTP/2
+connection in one ``data_received`` per socket read (a ``bytearray``, not
+``bytes``: the receiver owns it). Nothing is kept between reads but
 OpenSSL's own state.
 
 The connection above sees an ordinary ``asyncio.Transport``: ``write``,
@@ -21,10 +22,11 @@ import contextlib
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
-#: Plaintext asked of OpenSSL per call; it returns at most one record (16 KiB).
-_READ_SIZE = 64 * 1024
+#: The most plaintext one TLS record carries (RFC 8446 §5.1, RFC 5246 §6.2.1).
+_RECORD_SIZE = 16 * 1024
+_RECORD_ROOM = bytes(_RECORD_SIZE)
 
 
 class TLSTransport(asyncio.Transport):
@@ -164,27 +166,45 @@ class _TLSLayer(asyncio.Protocol):
         self._decrypt()
 
     def _decrypt(self) -> None:
+        """Decrypt every complete record into one buffer and hand it over in one call.
+
+        OpenSSL decrypts straight into the buffer: no bytes object per
+        record and no join. The ciphertext waiting in the BIO bounds the
+        plaintext, plus at most one record whose start OpenSSL took from the
+        BIO on an earlier call; the buffer grows by a record if ever full.
+        """
         transport = self.transport
-        chunks: list[bytes] = []
+        plain = bytearray(self._incoming.pending + _RECORD_SIZE)
+        view = memoryview(plain)
+        size = 0
         while transport is not None and not transport._closing:
+            if size == len(plain):
+                view.release()
+                plain += _RECORD_ROOM
+                view = memoryview(plain)
             try:
-                chunk = self.sslobj.read(_READ_SIZE)
+                # With a buffer, read returns the byte count (typeshed says bytes).
+                count = cast(int, self.sslobj.read(len(plain) - size, view[size:]))
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLError as exc:
                 self._error = exc
                 self.tcp.abort()
                 break
-            if not chunk:
+            if not count:
                 # The server's close_notify (no data is SSLWantReadError):
                 # nothing more will come, whether or not it closes TCP too.
                 self.tcp.close()
                 break
-            chunks.append(chunk)
+            size += count
+        view.release()
         # Reading may produce output: TLS 1.3 key updates, alerts.
         self._send_pending()
-        if chunks and transport is not None and not transport._closing:
-            self.app.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if size and transport is not None and not transport._closing:
+            del plain[size:]
+            # A bytearray where asyncio passes bytes: fresh per read and never
+            # touched again here, so the receiver owns it as it would bytes.
+            self.app.data_received(plain)  # type: ignore[arg-type]
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)

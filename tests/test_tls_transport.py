@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from h2pool.tls_transport import open_tls
+from h2pool import tls_transport
+from h2pool.tls_transport import _TLSLayer, open_tls
 from tests.servers import Certs
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -150,3 +151,63 @@ async def test_an_untrusted_certificate_fails_the_handshake_and_closes_the_socke
         assert app.transport is None
         await asyncio.sleep(0)  # asyncio closes an aborted socket on the next iteration
         assert sock.fileno() == -1
+
+
+class _MemoryTCP(asyncio.Transport):
+    """The TCP side of a TLS layer driven by hand: keeps what is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _pump(source: ssl.MemoryBIO, layer_or_server: _TLSLayer | ssl.MemoryBIO) -> None:
+    data = source.read()
+    if data and isinstance(layer_or_server, _TLSLayer):
+        layer_or_server.data_received(data)
+    elif data:
+        layer_or_server.write(data)
+
+
+@pytest.mark.parametrize("record_room", [16 * 1024, 1], ids=["real-bound", "buffer-must-grow"])
+async def test_records_split_across_reads_arrive_whole_one_call_per_read(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, record_room: int
+) -> None:
+    # With one byte of room, a record OpenSSL started on the previous read
+    # does not fit beside the ciphertext of this one: the buffer has to grow.
+    monkeypatch.setattr(tls_transport, "_RECORD_SIZE", record_room)
+    monkeypatch.setattr(tls_transport, "_RECORD_ROOM", bytes(record_room))
+    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    server = certs.server_ssl_context().wrap_bio(server_in, server_out, server_side=True)
+    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    sslobj = certs.client_ssl_context().wrap_bio(client_in, client_out, server_hostname="127.0.0.1")
+    app = Recorder()
+    calls: list[int] = []
+    recorded = app.data_received
+    app.data_received = lambda data: (calls.append(len(data)), recorded(data))  # type: ignore[method-assign]
+    layer = _TLSLayer(app, sslobj, client_in, client_out)
+    tcp = _MemoryTCP()
+    layer.connection_made(tcp)
+    for _ in range(10):
+        server_in.write(bytes(tcp.written))
+        tcp.written.clear()
+        with contextlib.suppress(ssl.SSLWantReadError):
+            server.do_handshake()
+        _pump(server_out, layer)
+        if layer.transport is not None and not tcp.written:
+            break
+    assert layer.transport is not None, "the in-memory handshake did not finish"
+    plaintext = bytes(range(256)) * 400
+    server.write(plaintext)
+    wire = server_out.read()
+    reads = [wire[i : i + 7_000] for i in range(0, len(wire), 7_000)]
+    for chunk in reads:
+        layer.data_received(chunk)
+    assert bytes(app.data) == plaintext
+    assert len(calls) <= len(reads)
