@@ -73,8 +73,8 @@ from hyperframe.frame import (
 from .hpack_cache import CachingDecoder, CachingEncoder
 from .slots import SlotLedger
 
-if not h2.__version__.startswith("4."):  # pragma: no cover - guarded by the dependency pin
-    raise ImportError(f"h2pool's adaptations of h2 were written for h2 4.x, found {h2.__version__}")
+if not h2.__version__.startswith("4.4."):  # pragma: no cover - guarded by the dependency pin
+    raise ImportError(f"h2pool's adaptations of h2 were written for h2 4.4, found {h2.__version__}")
 
 
 def _brief_repr(frame: Frame) -> str:

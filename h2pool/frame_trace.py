@@ -59,7 +59,7 @@ class FrameHeaders:
         self._skip = skip
         self._header = b""
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes | bytearray) -> list[str]:
         """The frames whose headers complete within ``data``, described."""
         found = []
         position, end = 0, len(data)
@@ -94,10 +94,10 @@ class ConnectionTrace:
     def if_enabled(cls, label: str) -> ConnectionTrace | None:
         return cls(label) if frame_logger.isEnabledFor(logging.DEBUG) else None
 
-    def sent(self, data: bytes) -> None:
+    def sent(self, data: bytes | bytearray) -> None:
         for line in self._sent.feed(data):
             frame_logger.debug("%s > %s", self._label, line)
 
-    def received(self, data: bytes) -> None:
+    def received(self, data: bytes | bytearray) -> None:
         for line in self._received.feed(data):
             frame_logger.debug("%s < %s", self._label, line)
