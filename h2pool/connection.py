@@ -10,7 +10,9 @@ Bytes flow in one direction each way:
   ``call_soon``: all the requests, acknowledgements and window updates of one
   event-loop iteration leave in one ``transport.write`` (once per request
   costs about a quarter of the throughput and doubles the server's CPU).
-  Large uploads flush early and respect ``pause_writing``.
+  A complete request alone on its connection is written at once: nothing
+  would share its write. Large uploads flush early and respect
+  ``pause_writing``.
 
 Stream slots are counted in :class:`~h2pool.slots.SlotLedger`, moved at the
 exact points where h2's stream states change.
@@ -604,7 +606,12 @@ class Connection(asyncio.Protocol):
         stream.local_closed = end_stream
         self._streams[stream_id] = stream
         self.slots.opened()
-        self._schedule_flush()
+        if end_stream and self.slots.open == 1:
+            # A lone complete request: no other request of this iteration
+            # would share the write, and waiting for the next one is latency.
+            self._flush()
+        else:
+            self._schedule_flush()
         if self.hooks is not None:
             call_hook(self.hooks, "stream_opened", self.info, stream_id)
         return stream
