@@ -197,6 +197,10 @@ class _TLSLayer(asyncio.Protocol):
                 self.tcp.close()
                 break
             size += count
+            if not self._incoming.pending and not self.sslobj.pending():
+                # All read: another call would only raise SSLWantReadError,
+                # an exception per socket read on the hot path.
+                break
         view.release()
         # Reading may produce output: TLS 1.3 key updates, alerts.
         self._send_pending()
