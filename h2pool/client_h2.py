@@ -145,6 +145,18 @@ class _ClientFrameBuffer(FrameBuffer):
       hyperframe would parse out of it. Other HEADERS go through h2.
     """
 
+    def add_data(self, data: Any) -> None:
+        """Buffer received bytes; an empty buffer takes a ``bytearray`` over rather than copying it.
+
+        Our TLS layer hands each read over as a fresh ``bytearray`` that it
+        never touches again (see ``tls_transport``): copying it would cost a
+        pass over every byte received, and the allocation of a buffer as large.
+        """
+        if not self._data and type(data) is bytearray and not self._preamble_len:
+            self._data = data
+        else:
+            super().add_data(data)
+
     def __next__(self) -> Frame:
         data = self._data
         if len(data) < 9:

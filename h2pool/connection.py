@@ -270,6 +270,11 @@ class Connection(asyncio.Protocol):
             self._set_timer("lifetime", self.config.max_lifetime, self.retire)
 
     def data_received(self, data: bytes | bytearray) -> None:
+        """Feed h2 and dispatch its events; a ``bytearray`` is taken over, not copied.
+
+        Our TLS layer passes each read as a fresh ``bytearray`` it never
+        touches again; h2's frame buffer adopts it when empty.
+        """
         self.last_read = self.loop.time()
         if self._flooded():
             return
