@@ -4,7 +4,8 @@ asyncio's own TLS (``sslproto``) has two costs a connection pool feels:
 its ``create_connection`` takes no TLS session to offer (cpython#79152),
 and every connection holds a 256 KiB read buffer for its whole life
 (``SSLProtocol.max_size``): half the memory of 10,000 streams over 40
-connections. Here the socket's bytes go into a ``MemoryBIO``; OpenSSL
+connections. Here the socket is read into one buffer per thread (the layer
+is an ``asyncio.BufferedProtocol``), its bytes go into a ``MemoryBIO``; OpenSSL
 decrypts every complete record into one buffer, handed to the HTTP/2
 connection in one ``data_received`` per socket read (a ``bytearray``, not
 ``bytes``: the receiver owns it). Nothing is kept between reads but
@@ -21,12 +22,32 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import threading
 from collections.abc import Iterable
 from typing import Any, cast
 
 #: The most plaintext one TLS record carries (RFC 8446 §5.1, RFC 5246 §6.2.1).
 _RECORD_SIZE = 16 * 1024
 _RECORD_ROOM = bytes(_RECORD_SIZE)
+
+#: Ciphertext taken from the socket per read (asyncio's own read size).
+_READ_SIZE = 256 * 1024
+
+_read_buffers = threading.local()
+
+
+def _read_buffer() -> bytearray:
+    """The buffer sockets are read into, one per thread.
+
+    Reading into a fresh ``bytes`` per read costs an allocation as large as
+    the read, which glibc serves from fresh pages (page faults) at this size.
+    The ciphertext is copied into the connection's ``MemoryBIO`` within the
+    same call, so every connection of a thread's event loop can share one.
+    """
+    buffer: bytearray | None = getattr(_read_buffers, "buffer", None)
+    if buffer is None:
+        buffer = _read_buffers.buffer = bytearray(_READ_SIZE)
+    return buffer
 
 
 class TLSTransport(asyncio.Transport):
@@ -96,7 +117,7 @@ class TLSTransport(asyncio.Transport):
         return self._layer.app
 
 
-class _TLSLayer(asyncio.Protocol):
+class _TLSLayer(asyncio.BufferedProtocol):
     """The TCP transport's protocol: runs the handshake, then decrypts for ``app``."""
 
     def __init__(self, app: asyncio.Protocol, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO):
@@ -116,8 +137,12 @@ class _TLSLayer(asyncio.Protocol):
         self.tcp = transport
         self._step_handshake()
 
-    def data_received(self, data: bytes) -> None:
-        self._incoming.write(data)
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return _read_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        with memoryview(_read_buffer()) as view, view[:nbytes] as received:
+            self._incoming.write(received)
         if self.transport is None:
             self._step_handshake()
         else:
