@@ -72,6 +72,7 @@ from hyperframe.frame import (
 
 from .hpack_cache import CachingDecoder, CachingEncoder
 from .slots import SlotLedger
+from .tls_transport import Plaintext
 
 if not h2.__version__.startswith("4.4."):  # pragma: no cover - guarded by the dependency pin
     raise ImportError(f"h2pool's adaptations of h2 were written for h2 4.4, found {h2.__version__}")
@@ -146,13 +147,14 @@ class _ClientFrameBuffer(FrameBuffer):
     """
 
     def add_data(self, data: Any) -> None:
-        """Buffer received bytes; an empty buffer takes a ``bytearray`` over rather than copying it.
+        """Buffer received bytes; an empty buffer takes our TLS layer's :class:`Plaintext` over.
 
-        Our TLS layer hands each read over as a fresh ``bytearray`` that it
-        never touches again (see ``tls_transport``): copying it would cost a
-        pass over every byte received, and the allocation of a buffer as large.
+        The TLS layer hands each read over in a fresh ``Plaintext`` that it
+        never touches again: copying it would cost a pass over every byte
+        received, and the allocation of a buffer as large. Anything else
+        (``bytes``, a caller's reusable ``bytearray``) is copied, as h2 does.
         """
-        if not self._data and type(data) is bytearray and not self._preamble_len:
+        if not self._data and type(data) is Plaintext and not self._preamble_len:
             self._data = data
         else:
             super().add_data(data)

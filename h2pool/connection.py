@@ -270,10 +270,11 @@ class Connection(asyncio.Protocol):
             self._set_timer("lifetime", self.config.max_lifetime, self.retire)
 
     def data_received(self, data: bytes | bytearray) -> None:
-        """Feed h2 and dispatch its events; a ``bytearray`` is taken over, not copied.
+        """Feed h2 and dispatch its events.
 
-        Our TLS layer passes each read as a fresh ``bytearray`` it never
-        touches again; h2's frame buffer adopts it when empty.
+        Our TLS layer passes each read as a fresh ``Plaintext`` it never
+        touches again, which h2's frame buffer takes over when empty; other
+        data is copied.
         """
         self.last_read = self.loop.time()
         if self._flooded():

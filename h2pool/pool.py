@@ -319,19 +319,28 @@ class Pool:
         state = self._state_for(origin)
         hooks = self._hooks
         started = asyncio.get_running_loop().time() if hooks is not None else 0.0
-        if not state.slots.ledgers and origin.scheme == "https" and self.config.coalesce_connections:
-            state = await self._coalesced(state)
+        conn: Connection | None = None
+        if (
+            not state.slots.ledgers
+            and origin.scheme == "https"
+            and self.config.coalesce_connections
+            and not state.coalescing_refused
+        ):
+            conn = await self._coalesced_slot(state)
             if self._closed:
                 # The pool closed during the look-up: a dial now would outlive it.
+                if conn is not None:
+                    conn.unreserve()
                 raise not_processed(PoolClosed("the pool is closed", origin=str(origin)))
-        conn = state.slots.reserve()
-        if conn is None and state.slots.may_dial():
-            self._dial(state)
-            conn = state.slots.reserve()
         if conn is None:
-            conn = await self._wait_for_slot(state, deadline, priority.urgency)
-        elif self.config.predictive_prewarm:
-            self._predict(state, conn)
+            conn = state.slots.reserve()
+            if conn is None and state.slots.may_dial():
+                self._dial(state)
+                conn = state.slots.reserve()
+            if conn is None:
+                conn = await self._wait_for_slot(state, deadline, priority.urgency)
+            elif self.config.predictive_prewarm:
+                self._predict(state, conn)
         conn.idle_since = None
         if not conn.ready.done() or conn.error is not None:
             try:
@@ -349,41 +358,47 @@ class Pool:
             state = self._origins[origin] = _OriginState(origin, self.config.max_connections_per_origin)
         return state
 
-    async def _coalesced(self, state: _OriginState) -> _OriginState:
-        """The origin whose connections ``state``'s requests may share (RFC 9113 §9.1.1), else ``state``.
+    async def _coalesced_slot(self, state: _OriginState) -> Connection | None:
+        """A slot reserved on another origin's connection that may carry ``state``'s request, else None.
 
-        Runs only while ``state`` has no connection of its own. A connection
-        of another https origin on the same port qualifies when it is open
-        to one of this host's addresses and its verified certificate covers
-        this host. The host is resolved only when such a candidate exists;
-        the look-up lands in the DNS cache that a dial would use anyway.
+        RFC 9113 §9.1.1: the connection must be open to one of this host's
+        addresses and its verified certificate must cover this host. Both
+        are checked on the very connection the slot is reserved on, every
+        time: another connection of the same origin may have another
+        certificate or address. Nothing is dialled or waited for on the
+        other origin's behalf; with no such free slot the caller dials its
+        own connection. The host is resolved only when a candidate exists,
+        through the DNS cache a dial would use anyway.
         """
-        alias = state.coalesced_into
-        if alias is not None:
-            if alias.slots.accepting and self._origins.get(alias.origin) is alias:
-                return alias
-            state.coalesced_into = None
         origin = state.origin
-        if state.coalescing_refused or not any(self._coalescing_candidates(origin)):
-            return state
+        if not any(self._coalescing_candidates(origin)):
+            state.coalesced_into = None
+            return None
         try:
             async with asyncio.timeout(self.config.connect_timeout):
-                addresses = {ipaddress.ip_address(a) for a in await self._dns.resolve(origin.host, origin.port)}
+                resolved = await self._dns.resolve(origin.host, origin.port)
+            addresses = {ipaddress.ip_address(address) for address in resolved}
         except Exception:
-            return state  # The dial meets the same failure and reports it.
-        if state.slots.ledgers:
-            return state  # A concurrent caller dialled meanwhile.
+            return None  # The dial meets the same failure and reports it.
+        if state.slots.ledgers or state.coalescing_refused or self._closed:
+            return None  # Meanwhile: a connection of its own, a 421, or the pool closed.
         for other, conn in self._coalescing_candidates(origin):
             certificate = conn.certificate
             remote = conn.info.remote_address
-            # As addresses, not text: a resolver may write ::1 as 0:0:0:0:0:0:0:1.
-            if remote is None or ipaddress.ip_address(remote) not in addresses:
-                continue
-            if certificate is not None and certificate.covers(origin.host):
-                logger.debug("%s shares connection #%d of %s", origin, conn.info.id, other.origin)
+            if (
+                certificate is not None
+                and remote is not None
+                # As addresses, not text: a resolver may write ::1 as 0:0:0:0:0:0:0:1.
+                and ipaddress.ip_address(remote) in addresses
+                and certificate.covers(origin.host)
+                and other.slots.reserve_on(conn)
+            ):
+                if state.coalesced_into is not other:
+                    logger.debug("%s shares connection #%d of %s", origin, conn.info.id, other.origin)
                 state.coalesced_into = other
-                return other
-        return state
+                return conn
+        state.coalesced_into = None
+        return None
 
     def _coalescing_candidates(self, origin: Origin) -> Iterator[tuple[_OriginState, Connection]]:
         """Open connections of other https origins on ``origin``'s port that take new streams."""

@@ -184,6 +184,18 @@ class OriginSlots(Generic[C]):
             return conn
         return None
 
+    def reserve_on(self, conn: C) -> bool:
+        """Reserve a slot on ``conn`` itself, if it has one (for a caller that must use that connection).
+
+        The heap stays valid: it is checked lazily, and ``refresh`` files
+        the connection again when the slot comes back.
+        """
+        ledger = self.ledgers.get(conn)
+        if ledger is None or ledger.free <= 0:
+            return False
+        ledger.reserve()
+        return True
+
     def in_use(self) -> int:
         """Slots reserved or open on connections still taking streams."""
         return sum(ledger.busy for ledger in self.ledgers.values() if ledger.accepting)

@@ -30,6 +30,18 @@ from typing import Any, cast
 _RECORD_SIZE = 16 * 1024
 _RECORD_ROOM = bytes(_RECORD_SIZE)
 
+
+class Plaintext(bytearray):
+    """One socket read's decrypted bytes, handed to ``data_received`` and never touched again here.
+
+    Its own type says the receiver owns it and may keep it as its buffer
+    (h2pool's frame buffer does) where it would have to copy any other
+    ``bytearray``, which its creator might reuse.
+    """
+
+    __slots__ = ()
+
+
 #: Ciphertext taken from the socket per read (asyncio's own read size).
 _READ_SIZE = 256 * 1024
 
@@ -199,7 +211,7 @@ class _TLSLayer(asyncio.BufferedProtocol):
         BIO on an earlier call; the buffer grows by a record if ever full.
         """
         transport = self.transport
-        plain = bytearray(self._incoming.pending + _RECORD_SIZE)
+        plain = Plaintext(self._incoming.pending + _RECORD_SIZE)
         view = memoryview(plain)
         size = 0
         while transport is not None and not transport._closing:

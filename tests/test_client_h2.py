@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 from h2pool.client_h2 import ClientH2Connection
 from h2pool.connection import _H2_CONFIG
 from h2pool.slots import SlotLedger
+from h2pool.tls_transport import Plaintext
 
 #: Small enough that drawn DATA can overdraw a stream's window.
 STREAM_WINDOW = 1_000
@@ -126,7 +127,7 @@ def _play(reads: list[bytes], frame_by_frame: bool) -> Outcome:
         try:
             # The fast side gets what our TLS layer hands over: a fresh
             # bytearray per read, which an empty frame buffer takes over.
-            events.extend(conn.receive_data(data if frame_by_frame else bytearray(data)))
+            events.extend(conn.receive_data(data if frame_by_frame else Plaintext(data)))
         except ERRORS as exc:
             error = (type(exc), index)
             break
@@ -281,16 +282,21 @@ def test_joined_data_runs_have_the_outcome_of_frame_by_frame_parsing(
     _assert_same(PREFACE + b"".join(_wire(move) for move in moves), cuts)
 
 
-def test_an_empty_frame_buffer_takes_a_bytearray_over_and_copies_anything_else() -> None:
+def test_an_empty_frame_buffer_takes_the_tls_layers_plaintext_over_and_copies_anything_else() -> None:
     conn = _client(False)
     conn.receive_data(PREFACE)
-    read = bytearray(_response(1)[:5])
+    read = Plaintext(_response(1)[:5])
     conn.receive_data(read)
     assert conn.incoming_buffer._data is read
-    # Not empty now: the next read is appended, and bytes are always copied.
-    more = bytearray(b"x")
-    conn.receive_data(more)
+    # Not empty now: the next read is appended.
+    conn.receive_data(Plaintext(b"x"))
     assert conn.incoming_buffer._data is read and read.endswith(b"x")
+    # A caller's own bytearray, which it may reuse, is copied even into an empty buffer.
+    other = _client(False)
+    other.receive_data(PREFACE)
+    reused = bytearray(_response(1)[:5])
+    other.receive_data(reused)
+    assert other.incoming_buffer._data is not reused
 
 
 def _response(stream_id: int, length: int | None = None) -> bytes:

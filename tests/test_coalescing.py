@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
+import trustme
 
-from h2pool import ConnectionInfo, ConnectTimeout, Pool, PoolClosed
+from h2pool import ConnectionInfo, ConnectTimeout, H2PoolError, Pool, PoolClosed, PoolHooks
 from h2pool.resolver import StaticResolver
 from tests.conftest import require_server
+from tests.hostile import HostileServer, serve_ok
 from tests.servers import Certs, ServerProcess, expected_bytes, free_port, start_nghttpd, start_nginx
 from tests.test_happy_eyeballs import V4, V6, _bind
 from tests.test_observability import RecordingHooks
@@ -524,3 +526,78 @@ async def test_closing_the_pool_while_a_coalescing_look_up_runs_opens_no_connect
     await asyncio.sleep(0.3)
     assert isinstance(outcome, PoolClosed), outcome
     assert [info.origin for info in opened(hooks)] == [origin(A, nginx_ab)]
+
+
+# The certificate is checked on the connection each request actually takes.
+
+
+def _sni_switching_contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext, list[str | None]]:
+    """A server context that shows a certificate for a.test and b.test on its first handshake only.
+
+    Later handshakes get one for their SNI alone, as after a certificate
+    rotation or behind a load balancer: each connection of one origin may
+    cover different names. Returns it, a client context trusting ``ca``,
+    and the SNI of each handshake in order.
+    """
+
+    def context(*names: str) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert(*names).configure_cert(ctx)
+        ctx.set_alpn_protocols(["h2"])
+        return ctx
+
+    both, only_a, only_b = context(A, B), context(A), context(B)
+    handshakes: list[str | None] = []
+
+    def pick(sslobj: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        handshakes.append(name)
+        if len(handshakes) > 1:
+            sslobj.context = only_b if name == B else only_a
+
+    both.sni_callback = pick
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client)
+    client.set_alpn_protocols(["h2"])
+    return both, client, handshakes
+
+
+LOOPBACK_NAMES = StaticResolver({A: V4, B: V4})
+
+
+class ClosingHooks(PoolHooks):
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    def connection_closed(self, conn: ConnectionInfo, reason: H2PoolError) -> None:
+        self.closed.set()
+
+
+async def test_b_never_rides_a_later_connection_of_a_whose_certificate_does_not_cover_it() -> None:
+    server_context, client, handshakes = _sni_switching_contexts(trustme.CA())
+    async with HostileServer(server_context, serve_ok) as server:
+        port = server.port
+        hooks = ClosingHooks()
+        async with Pool(client, resolver=LOOPBACK_NAMES, tls_session_reuse=False, hooks=hooks) as pool:
+            assert (await pool.request("GET", f"https://{A}:{port}/1")).status == 200
+            assert (await pool.request("GET", f"https://{B}:{port}/2")).status == 200
+            assert server.attempts[-1].peer.index == 0  # Shared: that certificate covers b.test.
+            server.peers[0].abort()
+            async with asyncio.timeout(NO_HANG):
+                await hooks.closed.wait()
+            assert (await pool.request("GET", f"https://{A}:{port}/3")).status == 200
+            assert (await pool.request("GET", f"https://{B}:{port}/4")).status == 200
+            # a.test's new connection covers a.test only: b.test dialled its own.
+            last = server.attempts[-1]
+            assert handshakes[last.peer.index] == B, handshakes
+
+
+async def test_b_dials_its_own_connection_rather_than_one_for_a_when_the_shared_one_is_full() -> None:
+    server_context, client, handshakes = _sni_switching_contexts(trustme.CA())
+    async with HostileServer(server_context, serve_ok) as server:
+        port = server.port
+        options = {"max_concurrent_streams": 1, "predictive_prewarm": False, "tls_session_reuse": False}
+        async with Pool(client, resolver=LOOPBACK_NAMES, **options) as pool, pool.acquire(f"https://{A}:{port}"):
+            assert (await pool.request("GET", f"https://{B}:{port}/b")).status == 200
+            last = server.attempts[-1]
+            assert handshakes[last.peer.index] == B, handshakes
+            assert pool.stats().origins[f"https://{A}:{port}"].connections == 1
