@@ -612,14 +612,15 @@ class Connection(asyncio.Protocol):
         stream.local_closed = end_stream
         self._streams[stream_id] = stream
         self.slots.opened()
+        if self.hooks is not None:
+            # Before the write, which may end the connection (and close the stream) at once.
+            call_hook(self.hooks, "stream_opened", self.info, stream_id)
         if end_stream and self.slots.open == 1:
             # A lone complete request: no other request of this iteration
             # would share the write, and waiting for the next one is latency.
             self._flush()
         else:
             self._schedule_flush()
-        if self.hooks is not None:
-            call_hook(self.hooks, "stream_opened", self.info, stream_id)
         return stream
 
     async def send_data(self, stream: StreamState, data: bytes, end_stream: bool) -> None:
