@@ -107,7 +107,7 @@ class OriginStats:
     #: name; the pool's own closes (idle, drained) and graceful GOAWAYs are
     #: not errors.
     connection_errors: dict[str, int] = field(default_factory=dict)
-    #: The origin whose connections this one's requests share (RFC 9113
+    #: The origin whose connection this one's last request shared (RFC 9113
     #: §9.1.1 coalescing), or None.
     coalesced_into: str | None = None
 
@@ -162,7 +162,7 @@ class _OriginState:
         self.redial: asyncio.TimerHandle | None = None
         self.stream_errors: dict[str, int] = {}
         self.connection_errors: dict[str, int] = {}
-        #: Another origin whose connections carry this origin's requests.
+        #: The origin whose connection this origin's last request shared.
         self.coalesced_into: _OriginState | None = None
         #: The server answered 421 on a shared connection: always dial our own.
         self.coalescing_refused = False
