@@ -42,6 +42,9 @@ class Plaintext(bytearray):
     __slots__ = ()
 
 
+#: Plaintext handed to the connection per call, at most (plus one record).
+_PLAINTEXT_PIECE = 64 * 1024
+
 #: Ciphertext taken from the socket per read (asyncio's own read size).
 _READ_SIZE = 256 * 1024
 
@@ -203,18 +206,32 @@ class _TLSLayer(asyncio.BufferedProtocol):
         self._decrypt()
 
     def _decrypt(self) -> None:
-        """Decrypt every complete record into one buffer and hand it over in one call.
+        """Decrypt every complete record, handing the plaintext over in pieces of about 64 KiB.
 
-        OpenSSL decrypts straight into the buffer: no bytes object per
-        record and no join. The ciphertext waiting in the BIO bounds the
-        plaintext, plus at most one record whose start OpenSSL took from the
-        BIO on an earlier call; the buffer grows by a record if ever full.
+        OpenSSL decrypts straight into each piece: no bytes object per
+        record and no join. Pieces stay below the size at which glibc
+        serves an allocation from fresh pages (128 KiB by default), so a
+        large read costs no page faults here, nor in what the receiver
+        builds from a piece; handing 256 KiB over at once made 1 MiB
+        downloads markedly slower than 64 KiB windows did.
         """
         transport = self.transport
-        plain = Plaintext(self._incoming.pending + _RECORD_SIZE)
+        more = True
+        while more and transport is not None and not transport._closing:
+            more = self._decrypt_piece(transport)
+
+    def _decrypt_piece(self, transport: TLSTransport) -> bool:
+        """Decrypt up to about :data:`_PLAINTEXT_PIECE` bytes and hand them over; whether more may follow.
+
+        The ciphertext waiting in the BIO bounds the plaintext, plus at most
+        one record whose start OpenSSL took from the BIO on an earlier call;
+        the buffer grows by a record if ever full.
+        """
+        plain = Plaintext(min(self._incoming.pending, _PLAINTEXT_PIECE) + _RECORD_SIZE)
         view = memoryview(plain)
         size = 0
-        while transport is not None and not transport._closing:
+        more = False
+        while not transport._closing:
             if size == len(plain):
                 view.release()
                 plain += _RECORD_ROOM
@@ -238,14 +255,17 @@ class _TLSLayer(asyncio.BufferedProtocol):
                 # All read: another call would only raise SSLWantReadError,
                 # an exception per socket read on the hot path.
                 break
+            if size >= _PLAINTEXT_PIECE:
+                more = True
+                break
         view.release()
         # Reading may produce output: TLS 1.3 key updates, alerts.
         self._send_pending()
-        if size and transport is not None and not transport._closing:
+        if size and not transport._closing:
             del plain[size:]
-            # A bytearray where asyncio passes bytes: fresh per read and never
-            # touched again here, so the receiver owns it as it would bytes.
+            # Fresh per piece and never touched again here: the receiver owns it.
             self.app.data_received(plain)  # type: ignore[arg-type]
+        return more
 
     def encrypt(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)

@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import pytest
 
@@ -182,14 +183,23 @@ def _pump(source: ssl.MemoryBIO, layer_or_server: _TLSLayer | ssl.MemoryBIO) -> 
         layer_or_server.write(data)
 
 
-@pytest.mark.parametrize("record_room", [16 * 1024, 1], ids=["real-bound", "buffer-must-grow"])
-async def test_records_split_across_reads_arrive_whole_one_call_per_read(
-    certs: Certs, monkeypatch: pytest.MonkeyPatch, record_room: int
-) -> None:
-    # With one byte of room, a record OpenSSL started on the previous read
-    # does not fit beside the ciphertext of this one: the buffer has to grow.
-    monkeypatch.setattr(tls_transport, "_RECORD_SIZE", record_room)
-    monkeypatch.setattr(tls_transport, "_RECORD_ROOM", bytes(record_room))
+@dataclass
+class InMemoryTLS:
+    """A client TLS layer and a server ``SSLObject``, handshaken over memory BIOs."""
+
+    layer: _TLSLayer
+    server: ssl.SSLObject
+    server_out: ssl.MemoryBIO
+    app: Recorder
+    calls: list[int]
+
+    def server_sends(self, plaintext: bytes) -> bytes:
+        """The ciphertext of ``plaintext`` from the server, not yet fed to the layer."""
+        self.server.write(plaintext)
+        return self.server_out.read()
+
+
+def _handshaken(certs: Certs) -> InMemoryTLS:
     server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     server = certs.server_ssl_context().wrap_bio(server_in, server_out, server_side=True)
     client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -210,11 +220,31 @@ async def test_records_split_across_reads_arrive_whole_one_call_per_read(
         if layer.transport is not None and not tcp.written:
             break
     assert layer.transport is not None, "the in-memory handshake did not finish"
+    return InMemoryTLS(layer, server, server_out, app, calls)
+
+
+@pytest.mark.parametrize("record_room", [16 * 1024, 1], ids=["real-bound", "buffer-must-grow"])
+async def test_records_split_across_reads_arrive_whole_one_call_per_read(
+    certs: Certs, monkeypatch: pytest.MonkeyPatch, record_room: int
+) -> None:
+    # With one byte of room, a record OpenSSL started on the previous read
+    # does not fit beside the ciphertext of this one: the buffer has to grow.
+    monkeypatch.setattr(tls_transport, "_RECORD_SIZE", record_room)
+    monkeypatch.setattr(tls_transport, "_RECORD_ROOM", bytes(record_room))
+    tls = _handshaken(certs)
     plaintext = bytes(range(256)) * 400
-    server.write(plaintext)
-    wire = server_out.read()
+    wire = tls.server_sends(plaintext)
     reads = [wire[i : i + 7_000] for i in range(0, len(wire), 7_000)]
     for chunk in reads:
-        _feed(layer, chunk)
-    assert bytes(app.data) == plaintext
-    assert len(calls) <= len(reads)
+        _feed(tls.layer, chunk)
+    assert bytes(tls.app.data) == plaintext
+    assert len(tls.calls) <= len(reads)
+
+
+async def test_a_large_read_is_handed_over_in_pieces_below_glibcs_mmap_threshold(certs: Certs) -> None:
+    tls = _handshaken(certs)
+    plaintext = bytes(range(256)) * 1200  # 300 KiB, in one socket read
+    _feed(tls.layer, tls.server_sends(plaintext))
+    assert bytes(tls.app.data) == plaintext
+    assert len(tls.calls) >= 4
+    assert max(tls.calls) <= tls_transport._PLAINTEXT_PIECE + tls_transport._RECORD_SIZE < 128 * 1024
