@@ -439,6 +439,7 @@ class Pool:
                 return await waiter
         except TimeoutError:
             _return_granted_slot(waiter)
+            state.waiters.discard(waiter, urgency)
             error: H2PoolError
             if bound_by_deadline:
                 error = RequestTimeout(
@@ -450,6 +451,7 @@ class Pool:
             raise not_processed(error) from None
         except asyncio.CancelledError:
             _return_granted_slot(waiter)
+            state.waiters.discard(waiter, urgency)
             raise
 
     def _serve(self, state: _OriginState) -> None:

@@ -79,6 +79,20 @@ class UrgencyQueue(Generic[T]):
         self._levels[urgency].append(item)
         self._size += 1
 
+    def discard(self, item: T, urgency: int) -> None:
+        """Remove ``item`` if still queued: a caller that gave up must not hold its place.
+
+        Otherwise a saturated origin whose callers keep timing out would
+        queue their dead futures until a slot frees. Callers that give up
+        are usually the oldest, near the front, where the search starts.
+        """
+        level = self._levels[urgency]
+        try:
+            level.remove(item)
+        except ValueError:
+            return
+        self._size -= 1
+
     def first(self) -> T:
         """The item served next; IndexError when empty."""
         for level in self._levels:

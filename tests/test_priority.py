@@ -21,7 +21,8 @@ from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 from hyperframe.frame import DataFrame
 
-from h2pool import ConnectionInfo, Pool, PoolHooks, Priority, Response
+from h2pool import AcquireTimeout, ConnectionInfo, Pool, PoolHooks, Priority, Response
+from h2pool.origin import parse_origin
 from h2pool.priority import DEFAULT_PRIORITY, UrgencyQueue
 from h2pool.testing import MockServer, PeerRequest, ScriptedPeer, idle
 from tests.servers import ServerProcess
@@ -479,3 +480,34 @@ async def test_urgent_request_overtakes_background_ones_on_a_real_server(
             labels[response.stream_id] = f"bg{index}"
         assert len({conn_id for conn_id, _ in order.opened}) == 1
         assert [labels[stream_id] for _, stream_id in order.opened] == ["held", "urgent", "bg0", "bg1", "bg2"]
+
+
+def test_discard_removes_a_queued_item_once_and_ignores_one_already_served() -> None:
+    queue: UrgencyQueue[str] = UrgencyQueue()
+    for item, urgency in (("a", 3), ("b", 3), ("c", 0)):
+        queue.append(item, urgency)
+    queue.discard("b", 3)
+    assert list(queue) == ["c", "a"] and len(queue) == 2
+    queue.discard("b", 3)
+    queue.discard("c", 5)  # Not at that urgency: nothing happens.
+    assert list(queue) == ["c", "a"] and len(queue) == 2
+
+
+async def test_callers_that_give_up_leave_the_queue_instead_of_holding_their_place() -> None:
+    server = MockServer()
+    async with (
+        make_pool(server, max_concurrent_streams=1, max_connections_per_origin=1, acquire_timeout=0.05) as pool,
+        pool.acquire(ORIGIN),
+    ):
+        state = pool._origins[parse_origin(ORIGIN)]
+        timed_out = [spawn(pool, f"/late{i}") for i in range(5)]
+        cancelled = spawn(pool, "/cancelled", priority=URGENT)
+        await idle()
+        assert len(state.waiters) == 6
+        cancelled.cancel()
+        for task in timed_out:
+            with pytest.raises(AcquireTimeout):
+                await task
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert len(state.waiters) == 0
