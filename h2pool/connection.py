@@ -716,14 +716,10 @@ class Connection(asyncio.Protocol):
 
     # Internals.
 
-    def report_stream_error(self, error: H2PoolError) -> None:
-        """Count a stream's failure for the pool's per-origin statistics."""
-        self.listener.on_stream_error(self, error)
-
     def fail_stream(self, stream: StreamState, error: H2PoolError) -> None:
-        """``stream`` cannot go on: its reader and sender see ``error``."""
+        """``stream`` cannot go on: its reader and sender see ``error``; its first error is counted."""
         if stream.error is None:
-            self.report_stream_error(error)
+            self.listener.on_stream_error(self, error)
         stream.fail(error)
 
     def _malformed(self, stream: StreamState, error: ProtocolError) -> None:
@@ -758,14 +754,18 @@ class Connection(asyncio.Protocol):
     def _release_slot(self, stream: StreamState) -> None:
         if stream.slot_released:
             return
-        stream.slot_released = True
+        self._free_slot(stream, stream.error)
         self._streams.pop(stream.stream_id, None)
-        self.slots.closed()
         self._h2.forget_stream(stream.stream_id)
-        if self.hooks is not None:
-            call_hook(self.hooks, "stream_closed", self.info, stream.stream_id, stream.error)
         self._wake_open_waiters()
         self.listener.on_capacity(self)
+
+    def _free_slot(self, stream: StreamState, error: H2PoolError | None) -> None:
+        """The slot ``stream`` held is free: count it in the ledger and tell tracers."""
+        stream.slot_released = True
+        self.slots.closed()
+        if self.hooks is not None:
+            call_hook(self.hooks, "stream_closed", self.info, stream.stream_id, error)
 
     async def _wait_open_room(self, timeout: float) -> None:
         waiter: asyncio.Future[None] = self.loop.create_future()
@@ -867,10 +867,7 @@ class Connection(asyncio.Protocol):
                 not_processed(stream_error)
             self.fail_stream(stream, stream_error)
             if not stream.slot_released:
-                stream.slot_released = True
-                self.slots.closed()
-                if self.hooks is not None:
-                    call_hook(self.hooks, "stream_closed", self.info, stream.stream_id, stream_error)
+                self._free_slot(stream, stream_error)
         self._streams.clear()
         self._wake_open_waiters()
         self._wake_drain_waiters()

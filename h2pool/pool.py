@@ -328,9 +328,8 @@ class Pool:
         ):
             conn = await self._coalesced_slot(state)
             if self._closed:
-                # The pool closed during the look-up: a dial now would outlive it.
-                if conn is not None:
-                    conn.unreserve()
+                # The pool closed during the look-up (no slot was taken then):
+                # a dial now would outlive it.
                 raise not_processed(PoolClosed("the pool is closed", origin=str(origin)))
         if conn is None:
             conn = state.slots.reserve()
@@ -812,7 +811,7 @@ class Pool:
         state.coalesced_into = None
         state.coalescing_refused = True
         logger.debug("%s answered 421 on a shared connection: no more sharing for it", origin)
-        if not (body is None or isinstance(body, bytes)):
+        if not _resendable(body):
             return False  # A streamed body cannot be sent again: the caller gets the 421.
         state.replays += 1
         ctx.abandon_attempt()
@@ -851,9 +850,14 @@ def _drained_after_progress(error: H2PoolError) -> bool:
     )
 
 
+def _resendable(body: bytes | AsyncIterable[bytes] | None) -> bool:
+    """Whether a request body can be sent again: a streamed one is consumed by sending it."""
+    return body is None or isinstance(body, bytes)
+
+
 def _replayable(error: H2PoolError, body: bytes | AsyncIterable[bytes] | None) -> bool:
     """Replay only what the server never acted on, and only a body that can be sent again."""
-    if error.may_have_been_processed or not (body is None or isinstance(body, bytes)):
+    if error.may_have_been_processed or not _resendable(body):
         return False
     return isinstance(error, ConnectionClosed | StreamReset) or (
         # The connection failed in some other way before this request left.
