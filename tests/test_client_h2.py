@@ -41,7 +41,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from h2pool.client_h2 import ClientH2Connection
+from h2pool.client_h2 import ClientH2Connection, _ClientFrameBuffer
 from h2pool.connection import _H2_CONFIG
 from h2pool.slots import SlotLedger
 from h2pool.tls_transport import Plaintext
@@ -461,6 +461,35 @@ def test_header_blocks_with_padding_or_priority_are_read_as_hyperframe_reads_the
     outcome = _assert_same(PREFACE + _raw_frame(1, flags, 1, payload), [])
     assert outcome.error is None
     assert ("ResponseReceived", 1, [(b":status", b"200")]) in outcome.events
+
+
+def _attributes(frame: Any) -> dict[str, Any]:
+    fields = dict(vars(frame))
+    flags = fields.pop("flags")
+    return {**fields, "flags": set(flags), "valid_flags": set(flags._valid_flags)}
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        _raw_frame(0, 0x1, 1, b"body"),  # DATA, END_STREAM
+        _raw_frame(0, 0x0, 1, b""),
+        _raw_frame(1, 0x4, 3, b"\x88"),  # HEADERS, END_HEADERS
+        _raw_frame(1, 0x4 | 0x1, 3, b"\x88\x0f\x10\x01x"),
+    ],
+)
+def test_frames_made_without_hyperframes_constructor_have_the_attributes_of_parsed_ones(wire: bytes) -> None:
+    ours, reference = _ClientFrameBuffer(server=False), FrameBuffer(server=False)
+    for buffer in (ours, reference):
+        buffer.max_frame_size = MAX_FRAME
+        buffer.add_data(wire)
+    frame, expected = next(ours), next(reference)
+    assert type(frame).__mro__[1] is type(expected)
+    assert _attributes(frame) == _attributes(expected)
+    assert repr(frame) == f"{type(expected).__name__}(stream_id={expected.stream_id})"
+    frame.flags.add("END_STREAM")
+    with pytest.raises(ValueError, match="Unexpected flag"):
+        frame.flags.add("ACK")
 
 
 # Window acknowledgements.
