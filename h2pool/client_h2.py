@@ -49,10 +49,17 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
-from h2.connection import AllowedStreamIDs, ConnectionInputs, _decode_headers
+import h2.stream
+from h2.connection import (
+    AllowedStreamIDs,
+    ConnectionInputs,
+    ConnectionState,
+    H2ConnectionStateMachine,
+    _decode_headers,
+)
 from h2.errors import ErrorCodes
 from h2.frame_buffer import FrameBuffer
-from h2.stream import H2Stream, StreamInputs
+from h2.stream import H2Stream, H2StreamStateMachine, StreamInputs, StreamState
 from h2.utilities import authority_from_headers, extract_method_header, is_informational_response
 from hyperframe.flags import Flags
 from hyperframe.frame import (
@@ -263,6 +270,63 @@ class _ClientFrameBuffer(FrameBuffer):
         return _data_frame(stream_id, payload, end_stream)
 
 
+#: h2's transition tables keyed by the inputs' (and connection states') values.
+#: h2 keys them by enum members, and a plain ``Enum`` hashes through a
+#: Python-level ``__hash__``: two calls per step, a dozen steps per request.
+_STREAM_STEPS = {(state, stream_input._value_): step for (state, stream_input), step in h2.stream._transitions.items()}
+_CONNECTION_STEPS = {
+    (state._value_, connection_input._value_): step
+    for (state, connection_input), step in H2ConnectionStateMachine._transitions.items()
+}
+
+
+class _StreamStateMachine(H2StreamStateMachine):
+    """h2's stream state machine, looking its transitions up by value; otherwise the same steps."""
+
+    __slots__ = ()
+
+    def process_input(self, input_: StreamInputs) -> list[h2.events.Event]:
+        if not isinstance(input_, StreamInputs):
+            raise ValueError("Input must be an instance of StreamInputs")
+        try:
+            func, target_state = _STREAM_STEPS[(self.state, input_._value_)]
+        except KeyError as err:
+            old_state = self.state
+            self.state = StreamState.CLOSED
+            raise h2.exceptions.ProtocolError(f"Invalid input {input_} in state {old_state}") from err
+        previous_state = self.state
+        self.state = target_state
+        if func is None:
+            return []
+        try:
+            return func(self, previous_state)
+        except h2.exceptions.ProtocolError:
+            self.state = StreamState.CLOSED
+            raise
+        except AssertionError as err:  # pragma: no cover - h2's internal consistency checks
+            self.state = StreamState.CLOSED
+            raise h2.exceptions.ProtocolError(err) from err
+
+
+class _ConnectionStateMachine(H2ConnectionStateMachine):
+    """h2's connection state machine, looking its transitions up by value; otherwise the same steps."""
+
+    __slots__ = ()
+
+    def process_input(self, input_: ConnectionInputs) -> list[h2.events.Event]:
+        if not isinstance(input_, ConnectionInputs):
+            raise ValueError("Input must be an instance of ConnectionInputs")
+        try:
+            func, target_state = _CONNECTION_STEPS[(self.state._value_, input_._value_)]
+        except KeyError as err:
+            old_state = self.state
+            self.state = ConnectionState.CLOSED
+            raise h2.exceptions.ProtocolError(f"Invalid input {input_} in state {old_state}") from err
+        self.state = target_state
+        # h2's table has no step functions, and calls one without arguments if it had.
+        return [] if func is None else cast(list[h2.events.Event], func())
+
+
 _FinalHeadersEvent = h2.events.ResponseReceived | h2.events.TrailersReceived
 _HeadersEvent = _FinalHeadersEvent | h2.events.InformationalResponseReceived
 
@@ -276,11 +340,17 @@ class ClientH2Connection(h2.connection.H2Connection):
         self.encoder = CachingEncoder()
         self.decoder = CachingDecoder(max_header_list_size)
         self.incoming_buffer = _ClientFrameBuffer(server=False)
+        self.state_machine.__class__ = _ConnectionStateMachine
         self._preface_seen = False
         table = self._frame_dispatch_table
         for cls, quiet in _QUIET_FRAMES.items():
             if cls in table:
                 table[quiet] = table[cls]
+
+    def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
+        stream = super()._begin_new_stream(stream_id, allowed_ids)
+        stream.state_machine.__class__ = _StreamStateMachine
+        return stream
 
     @property
     def open_outbound_streams(self) -> int:

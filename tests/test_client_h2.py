@@ -26,8 +26,10 @@ import h2.exceptions
 import hpack
 import hyperframe.exceptions
 import pytest
+from h2.connection import ConnectionInputs, ConnectionState, H2ConnectionStateMachine
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
+from h2.stream import H2StreamStateMachine, StreamInputs, StreamState
 from hyperframe.frame import (
     ContinuationFrame,
     DataFrame,
@@ -41,7 +43,7 @@ from hyperframe.frame import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from h2pool.client_h2 import ClientH2Connection, _ClientFrameBuffer
+from h2pool.client_h2 import ClientH2Connection, _ClientFrameBuffer, _ConnectionStateMachine, _StreamStateMachine
 from h2pool.connection import _H2_CONFIG
 from h2pool.slots import SlotLedger
 from h2pool.tls_transport import Plaintext
@@ -549,3 +551,42 @@ def test_a_response_after_our_goaway_is_refused_as_h2_refuses_it() -> None:
             conn.receive_data(_response(1))
         outcomes.append((type(raised.value), conn.data_to_send()))
     assert outcomes[0] == outcomes[1]
+
+
+# State machines keyed by value.
+
+
+def _step(machine: Any, machine_input: Any) -> tuple[Any, ...]:
+    try:
+        events = machine.process_input(machine_input)
+    except (ValueError, h2.exceptions.ProtocolError) as exc:
+        return (type(exc), str(exc), machine.state)
+    return ([(type(event), vars(event)) for event in events], machine.state, vars(machine))
+
+
+@pytest.mark.parametrize("client", [True, False, None])
+@pytest.mark.parametrize("state", list(StreamState))
+def test_the_stream_state_machine_takes_h2s_step_for_every_state_and_input(
+    state: StreamState, client: bool | None
+) -> None:
+    for machine_input in [*StreamInputs, "SEND_HEADERS"]:
+        ours, reference = _StreamStateMachine(1), H2StreamStateMachine(1)
+        for machine in (ours, reference):
+            machine.state, machine.client, machine.headers_sent = state, client, client is False
+        assert _step(ours, machine_input) == _step(reference, machine_input), (state, machine_input)
+
+
+@pytest.mark.parametrize("state", list(ConnectionState))
+def test_the_connection_state_machine_takes_h2s_step_for_every_state_and_input(state: ConnectionState) -> None:
+    for machine_input in [*ConnectionInputs, StreamInputs.SEND_HEADERS]:
+        ours, reference = _ConnectionStateMachine(), H2ConnectionStateMachine()
+        ours.state = reference.state = state
+        assert _step(ours, machine_input) == _step(reference, machine_input), (state, machine_input)
+
+
+def test_a_client_connection_and_its_streams_run_the_value_keyed_state_machines() -> None:
+    conn = _sender(MAX_FRAME)
+    conn.send_headers(1, [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"a"), (b":path", b"/")])
+    assert type(conn.state_machine) is _ConnectionStateMachine
+    assert type(conn.streams[1].state_machine) is _StreamStateMachine
+    assert conn.streams[1].state_machine.state is StreamState.OPEN
