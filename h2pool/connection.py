@@ -41,6 +41,7 @@ from h2.errors import ErrorCodes
 from .certificates import CertificateNames
 from .client_h2 import ClientH2Connection
 from .config import MAX_WINDOW
+from .deadlines import Deadlines
 from .exceptions import (
     AcquireTimeout,
     ALPNError,
@@ -189,6 +190,8 @@ class Connection(asyncio.Protocol):
         self._ping_sent_at = 0.0
         self._pings = 0
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: Timeouts of the streams' waits for response data and send window.
+        self.deadlines = Deadlines(self.loop)
         #: The pool's receive-window budget, and this connection's share of it.
         self._budget = budget if budget is not None else WindowBudget(config.receive_buffer_budget)
         self.receive_window = 0
@@ -635,7 +638,9 @@ class Connection(asyncio.Protocol):
                 total - offset,
             )
             if size <= 0:
-                await stream.wait_sendable(self.config.write_timeout, partial(self._send_timeout, stream))
+                await stream.wait_sendable(
+                    self.deadlines, self.config.write_timeout, partial(self._send_timeout, stream)
+                )
                 continue
             last = end_stream and offset + size == total
             self._h2.send_data(stream_id, data[offset : offset + size], end_stream=last)
@@ -856,6 +861,7 @@ class Connection(asyncio.Protocol):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self.deadlines.close()
         for future in (self.ready, self.settled):
             if not future.done():
                 future.set_exception(error)

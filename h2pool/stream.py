@@ -12,19 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from .deadlines import Deadlines
 from .exceptions import H2PoolError
 from .headers import Headers, ResponseHead
 from .priority import DEFAULT_URGENCY
-
-
-def _expire(waiter: asyncio.Future[None], make_error: Callable[[], H2PoolError]) -> None:
-    if waiter.done():
-        return
-    error = make_error()
-    # Making the error may end the stream, which wakes this very waiter: the
-    # reader then finds the error on the stream instead.
-    if not waiter.done():
-        waiter.set_exception(error)
 
 
 class StreamState:
@@ -144,37 +135,27 @@ class StreamState:
         self.buffered = 0
         return data, flow_controlled_length
 
-    async def wait_readable(self, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+    async def wait_readable(self, deadlines: Deadlines, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
         """Wait until the reader has something new; after ``timeout`` s raise ``make_error()``."""
         if self._reader is not None:
             # Two readers would each get part of the body, in no useful order.
             raise RuntimeError(f"stream {self.stream_id}: another task is already reading it")
-        self._reader = waiter = asyncio.get_running_loop().create_future()
+        self._reader = waiter = deadlines.loop.create_future()
+        deadlines.add(waiter, timeout, make_error)
         try:
-            await _wait(waiter, timeout, make_error)
+            await waiter
         finally:
             self._reader = None
+            deadlines.discard(waiter)
 
-    async def wait_sendable(self, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+    async def wait_sendable(self, deadlines: Deadlines, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
         """Wait for flow-control window (or an error); after ``timeout`` s raise ``make_error()``."""
         if self._sender is not None:
             raise RuntimeError(f"stream {self.stream_id}: another task is already sending on it")
-        self._sender = waiter = asyncio.get_running_loop().create_future()
+        self._sender = waiter = deadlines.loop.create_future()
+        deadlines.add(waiter, timeout, make_error)
         try:
-            await _wait(waiter, timeout, make_error)
+            await waiter
         finally:
             self._sender = None
-
-
-async def _wait(waiter: asyncio.Future[None], timeout: float, make_error: Callable[[], H2PoolError]) -> None:
-    """Wait for ``waiter`` to be woken, or fail it after ``timeout``.
-
-    A bare ``call_later`` costs less than ``asyncio.timeout`` on this path,
-    which runs once per response event that is not yet buffered, and the
-    error is only built if the timer fires.
-    """
-    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter, make_error)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
+            deadlines.discard(waiter)

@@ -1026,6 +1026,22 @@ async def test_stalled_peer_gives_read_timeout_within_the_configured_timeout() -
         await assert_settled(server, pool)
 
 
+async def test_a_read_timeout_fails_the_silent_stream_and_not_one_answered_in_time() -> None:
+    server = MockServer()
+    async with make_pool(server, read_timeout=0.3) as pool:
+        silent, answered = spawn(pool), spawn(pool)
+        peer = await server.next_peer()
+        first = await peer.next_request(complete=True)
+        second = await peer.next_request(complete=True)
+        await asyncio.sleep(0.1)
+        peer.send_headers(second.stream_id, [(":status", "204")], end_stream=True)
+        with pytest.raises(ReadTimeout) as caught:
+            await silent
+        assert caught.value.stream_id == first.stream_id
+        assert (await answered).status == 204
+        await assert_settled(server, pool)
+
+
 async def test_acquire_timeout_when_no_slot_frees() -> None:
     server = MockServer(settings={MCS: 1})
     async with make_pool(server, max_connections_per_origin=1, acquire_timeout=0.2) as pool:
