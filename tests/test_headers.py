@@ -54,6 +54,22 @@ def test_host_header_becomes_authority() -> None:
     assert block[4:] == [(b"accept", b"*/*")]
 
 
+def test_each_block_is_a_new_list_and_a_host_header_does_not_change_later_blocks() -> None:
+    first = request_headers("GET", ORIGIN, "/", None)
+    first.append((b"priority", b"u=1"))
+    request_headers("GET", ORIGIN, "/", [("host", "other.test")])
+    assert request_headers("GET", ORIGIN, "/", None) == first[:4]
+    assert first[2] == (b":authority", b"example.test:8443")
+
+
+def test_an_invalid_method_or_path_is_refused_every_time() -> None:
+    for _ in range(2):
+        with pytest.raises(InvalidRequest, match="method"):
+            request_headers("GE T", ORIGIN, "/", None)
+        with pytest.raises(InvalidRequest, match="path"):
+            request_headers("GET", ORIGIN, "/a b", None)
+
+
 def test_accepts_a_list_of_pairs_keeping_order_and_repeats() -> None:
     block = request_headers("GET", ORIGIN, "/", [("a", "1"), ("b", "2"), ("a", "3")])
     assert block[4:] == [(b"a", b"1"), (b"b", b"2"), (b"a", b"3")]
