@@ -124,6 +124,7 @@ _HEADERS_TYPE = HeadersFrame.type
 _CONTINUATION_TYPE = ContinuationFrame.type
 _END_HEADERS = 0x4
 _PADDED_OR_PRIORITY = _PADDED | 0x20
+_STREAM_FRAME_TYPES = (_DATA_TYPE, _HEADERS_TYPE)
 _QuietHeadersFrame = cast(type[HeadersFrame], _QUIET_FRAMES[HeadersFrame])
 _QuietDataFrame = cast(type[DataFrame], _QUIET_FRAMES[DataFrame])
 _DATA_FLAG_NAMES = frozenset(flag.name for flag in DataFrame.defined_flags)
@@ -176,10 +177,13 @@ def _headers_frame(stream_id: int, block: bytes, end_stream: bool) -> HeadersFra
 
 
 class _ClientFrameBuffer(FrameBuffer):
-    """h2's frame buffer, with three changes.
+    """h2's frame buffer, with four changes.
 
     * An oversized frame is rejected on its 9-byte header, not once its
       whole payload is buffered.
+    * An incomplete DATA or HEADERS frame on a stream waits for more bytes
+      without the frame object h2 would build from its header and discard
+      (building it cannot fail for these).
     * A run of buffered DATA frames on one stream becomes one DATA frame.
       nginx sends 8 KiB frames, and h2 spends on each a frame object, two
       state machine steps, two window checks and a ``DataReceived`` event:
@@ -220,6 +224,11 @@ class _ClientFrameBuffer(FrameBuffer):
         length = (length_high << 8) + length_low
         self._validate_frame_length(length)
         stream_id &= _STREAM_ID_MASK
+        if stream_id and kind in _STREAM_FRAME_TYPES and len(data) < 9 + length:
+            # Not complete yet: h2 would build the frame object from its header
+            # (for DATA and HEADERS on a stream that cannot fail) and drop it.
+            # A socket read ends mid-frame nearly every time in a download.
+            raise StopIteration
         if stream_id and not self._headers_buffer:
             if kind == _DATA_TYPE and not flags & _PADDED:
                 run = self._data_run(stream_id)

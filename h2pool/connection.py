@@ -691,10 +691,8 @@ class Connection(asyncio.Protocol):
                 self._h2.reset_stream(stream.stream_id, error_code)
                 self._schedule_flush()
             self._release_slot(stream)
-        unread = sum(flow for _, flow in stream.chunks)
-        stream.chunks.clear()
-        self.buffered -= stream.buffered
-        stream.buffered = 0
+        _, size, unread = stream.take_all()
+        self.buffered -= size
         if unread and self.error is None:
             self._h2.acknowledge_received_data(unread, stream.stream_id)
             self._schedule_flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 from .headers import Headers
@@ -47,7 +47,8 @@ class Response:
             if self._content:
                 yield self._content
             return
-        read = self._start_reading()
+        self._start_reading()
+        read = self._handle.read_data
         while chunk := await read():
             yield chunk
         self._body_done()
@@ -55,20 +56,20 @@ class Response:
     async def aread(self) -> bytes:
         """Read the rest of the body and return all of it."""
         if self._content is None:
-            read = self._start_reading()
-            chunks = []
-            while chunk := await read():
-                chunks.append(chunk)
-            # Most bodies arrive in one read: no copy then.
-            self._content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._start_reading()
+            read = self._handle.read_pieces
+            pieces = []
+            while more := await read():
+                pieces += more
+            # Most small bodies arrive in one piece: no copy then.
+            self._content = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             self._body_done()
         return self._content
 
-    def _start_reading(self) -> Callable[[], Awaitable[bytes]]:
+    def _start_reading(self) -> None:
         if self._consumed:
             raise RuntimeError("the body was already consumed by aiter_bytes()")
         self._consumed = True
-        return self._handle.read_data
 
     async def aclose(self) -> None:
         """Stop reading: the stream is reset if unfinished and its slot returned."""

@@ -276,6 +276,31 @@ async def test_slow_consumer_sends_no_stream_window_update_until_it_reads() -> N
         assert peer.window_updates(stream_id) == [1000]
 
 
+async def test_read_pieces_hands_over_payloads_unjoined_and_acknowledges_them() -> None:
+    server = MockServer()
+    async with make_pool(server, connection_window=65_535, adaptive_window=False) as pool:
+        async with pool.acquire(ORIGIN) as handle:
+            stream_id = await handle.send_headers("GET", "/", end_stream=True)
+            peer = await server.next_peer()
+            await peer.next_request(complete=True)
+            peer.send_headers(stream_id, [(":status", "200")])
+            peer.send_data(stream_id, b"a" * 20_000)
+            peer.send_data(stream_id, b"b" * 20_000)
+            await handle.read_headers()
+            await peer.wait_for(lambda: peer.pending_body(stream_id) == 0)
+            await idle()
+            assert b"".join(await handle.read_pieces()) == b"a" * 20_000 + b"b" * 20_000
+            # 70,000 bytes overdraw the 65,535-byte connection window unless
+            # taking the first 40,000 gave their window back.
+            peer.send_data(stream_id, b"c" * 30_000, end_stream=True)
+            rest = []
+            while more := await handle.read_pieces():
+                rest += more
+            assert b"".join(rest) == b"c" * 30_000
+            assert handle._conn.buffered == 0
+        await assert_settled(server, pool)
+
+
 async def test_slow_consumer_sends_no_connection_window_update_until_it_reads() -> None:
     server = MockServer()
     async with make_pool(server, connection_window=65_535) as pool, pool.acquire(ORIGIN) as handle:
