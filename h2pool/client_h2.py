@@ -365,6 +365,11 @@ class ClientH2Connection(h2.connection.H2Connection):
     def open_outbound_streams(self) -> int:
         return self._slots.open
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether frames are queued for :meth:`data_to_send` (without taking them)."""
+        return bool(self._data_to_send)
+
     def send_headers(
         self,
         stream_id: int,

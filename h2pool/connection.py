@@ -304,7 +304,10 @@ class Connection(asyncio.Protocol):
             logger.exception("error dispatching events from %s", self.origin_str)
             self._abort(ProtocolError(f"internal error handling the server's frames: {exc!r}", origin=self.origin_str))
             return
-        self._schedule_flush()
+        # Answers (SETTINGS and PING ACKs, WINDOW_UPDATEs) wait for this
+        # iteration's requests to share their write; a response alone needs none.
+        if self._h2.has_data_to_send:
+            self._schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -676,7 +679,10 @@ class Connection(asyncio.Protocol):
             self._bdp.on_consumed(flow_controlled_length)
         if flow_controlled_length and self.error is None:
             self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
-            self._schedule_flush()
+            # Small acknowledgements only add up in h2 until a WINDOW_UPDATE
+            # is due: no flush (a loop callback per response) before then.
+            if self._h2.has_data_to_send:
+                self._schedule_flush()
 
     def finish(self, stream: StreamState, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """The handle is done with ``stream``: reset it if still open, return unread window."""
@@ -695,7 +701,8 @@ class Connection(asyncio.Protocol):
         self.buffered -= size
         if unread and self.error is None:
             self._h2.acknowledge_received_data(unread, stream.stream_id)
-            self._schedule_flush()
+            if self._h2.has_data_to_send:
+                self._schedule_flush()
 
     def unreserve(self) -> None:
         """A handle gives back a slot it never used."""

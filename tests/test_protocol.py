@@ -301,6 +301,26 @@ async def test_read_pieces_hands_over_payloads_unjoined_and_acknowledges_them() 
         await assert_settled(server, pool)
 
 
+async def test_a_response_needing_no_answer_schedules_no_write_and_a_ping_does() -> None:
+    server = MockServer()
+    async with make_pool(server) as pool, pool.acquire(ORIGIN) as handle:
+        stream_id = await handle.send_headers("GET", "/", end_stream=True)
+        peer = await server.next_peer()
+        await peer.next_request(complete=True)
+        conn = handle._conn
+        await idle()
+        peer.respond(stream_id, body=b"small")
+        await peer.wait_for(lambda: peer.pending_body(stream_id) == 0)
+        await handle.read_headers()
+        assert await handle.read_data() == b"small"
+        # Neither the response nor taking its 5 bytes left anything to write.
+        assert not conn._flush_scheduled
+        peer.ping(b"12345678")
+        await idle()
+        pongs = [frame.opaque_data for frame in peer.frames_of(PingFrame) if "ACK" in frame.flags]
+        assert pongs == [b"12345678"]
+
+
 async def test_slow_consumer_sends_no_connection_window_update_until_it_reads() -> None:
     server = MockServer()
     async with make_pool(server, connection_window=65_535) as pool, pool.acquire(ORIGIN) as handle:
