@@ -54,7 +54,10 @@ from .target import SERVER_KINDS, Target, default_kind, local_target, url_target
 from .windows import adaptive_windows
 from .workloads import ClientFactory, H2poolClient, load, round_trips
 
-REPETITIONS = 3
+#: Interleaved runs per figure, whose median is reported. Five, not the
+#: minimum of three: one run in a slow spell of a shared machine then
+#: cannot decide a ratio on its own.
+REPETITIONS = 5
 
 # Workloads.
 HELD_HANDLES = 100
