@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -405,7 +406,7 @@ async def throughput(target: Target) -> Outcome:
         )
     }
     if h2load_available():
-        runs["h2load"] = partial(h2load, target.small_url, THROUGHPUT_REQUESTS, IN_FLIGHT)
+        runs["h2load"] = partial(h2load, target.small_url, THROUGHPUT_REQUESTS, IN_FLIGHT, cipher=target.tls_cipher)
     figures = await interleaved_medians("5. throughput", REPETITIONS, runs)
     ours, ceiling = figures["h2pool"], figures.get("h2load", {}).get("req_s")
     rows = [
@@ -431,7 +432,7 @@ async def throughput(target: Target) -> Outcome:
 async def sequential_round_trips(target: Target) -> Outcome:
     runs: dict[str, Run] = {"h2pool": partial(round_trips, h2pool_client(target), target.small_url, ROUND_TRIPS)}
     if h2load_available():
-        runs["h2load -m1"] = partial(h2load, target.small_url, ROUND_TRIPS, 1)
+        runs["h2load -m1"] = partial(h2load, target.small_url, ROUND_TRIPS, 1, cipher=target.tls_cipher)
     figures = await interleaved_medians("6. sequential round trips", REPETITIONS, runs)
     ours = figures["h2pool"]
     reference = figures.get("h2load -m1", {}).get("mean_request_us")
@@ -467,7 +468,7 @@ async def downloads(target: Target) -> Outcome:
             )
             if h2load_available():
                 runs[f"h2load {windows}, {shape}"] = partial(
-                    h2load, target.download_url, count, streams, window_bits=bits
+                    h2load, target.download_url, count, streams, cipher=target.tls_cipher, window_bits=bits
                 )
     figures = await interleaved_medians("7. 1 MiB downloads", REPETITIONS, runs)
     rows = []
@@ -534,7 +535,7 @@ async def _peer_throughput(target: Target, factories: dict[str, ClientFactory]) 
         for name, factory in factories.items()
     }
     if h2load_available():
-        runs["h2load"] = partial(h2load, target.small_url, THROUGHPUT_REQUESTS, IN_FLIGHT)
+        runs["h2load"] = partial(h2load, target.small_url, THROUGHPUT_REQUESTS, IN_FLIGHT, cipher=target.tls_cipher)
     return await interleaved_medians("peers: throughput", REPETITIONS, runs)
 
 
@@ -544,7 +545,7 @@ async def _peer_round_trips(target: Target, factories: dict[str, ClientFactory])
         for name, factory in factories.items()
     }
     if h2load_available():
-        runs["h2load"] = partial(h2load, target.small_url, ROUND_TRIPS, 1)
+        runs["h2load"] = partial(h2load, target.small_url, ROUND_TRIPS, 1, cipher=target.tls_cipher)
     figures = await interleaved_medians("peers: sequential round trips", REPETITIONS, runs)
     if "h2load" in figures:
         # h2load reports a mean, not percentiles: shown as its p50 for scale only.
@@ -559,7 +560,7 @@ async def _peer_downloads(target: Target, factories: dict[str, ClientFactory]) -
             runs[f"{name} {shape}"] = partial(load, factory, target.download_url, count, streams, target.download_size)
     if h2load_available():
         for shape, (count, streams) in _DOWNLOAD_SHAPES.items():
-            runs[f"h2load {shape}"] = partial(h2load, target.download_url, count, streams)
+            runs[f"h2load {shape}"] = partial(h2load, target.download_url, count, streams, cipher=target.tls_cipher)
     figures = await interleaved_medians("peers: 1 MiB downloads", REPETITIONS, runs)
     by_client: dict[str, Sample] = {}
     for run_name, sample in figures.items():
@@ -632,17 +633,21 @@ async def _guarded(name: str, criterion: Criterion, target: Target) -> Outcome:
         return Outcome([Row(name, "", f"{type(exc).__name__}: {exc}"[:300], ERROR)])
 
 
-async def run(target: Target, criteria: dict[str, Criterion]) -> tuple[list[Row], dict[str, Any], str]:
-    """Run ``criteria`` in order: their rows, their figures, and the server's server header."""
+async def run(target: Target, criteria: dict[str, Criterion]) -> tuple[list[Row], dict[str, Any], str, Target]:
+    """Run ``criteria`` in order: their rows, their figures, the server's server header, and the target.
+
+    The target comes back with the TLS cipher suite h2pool negotiated, which h2load is then held to.
+    """
     async with Pool(target.ssl_context(), max_connections_per_origin=1) as pool:
         server_header = await warm_pool(pool, target)
+        target = dataclasses.replace(target, tls_cipher=_connections(pool, target.origin)[0].info.tls_cipher)
     rows: list[Row] = []
     figures: dict[str, Any] = {}
     for name, criterion in criteria.items():
         outcome = await _guarded(name, criterion, target)
         rows.extend(outcome.rows)
         figures[name] = outcome.figures
-    return rows, figures, server_header
+    return rows, figures, server_header, target
 
 
 @contextmanager
@@ -696,7 +701,8 @@ def _caption(target: Target, peers: bool) -> str:
     what = "h2pool vs httpx, aiohttp and h2load" if peers else f"h2pool {h2pool.__version__} criteria"
     return (
         f"{what} on {target.description}; {machine['cpu_count']} CPUs, Python {machine['python']}, "
-        f"h2 {machine['packages']['h2']}; medians of {REPETITIONS} runs"
+        f"h2 {machine['packages']['h2']}; TLS {target.tls_cipher or '-'} (h2load held to it); "
+        f"medians of {REPETITIONS} runs"
     )
 
 
@@ -718,7 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _target(args) as target:
             progress(f"server: {target.description}")
-            rows, figures, server_header = asyncio.run(run(target, criteria))
+            rows, figures, server_header, target = asyncio.run(run(target, criteria))
     except KeyboardInterrupt:
         print("interrupted; the server was stopped", file=sys.stderr)
         return 130
@@ -739,6 +745,7 @@ def main(argv: list[str] | None = None) -> int:
             "version": target.version,
             "server_header": server_header,
             "url": target.small_url,
+            "tls_cipher": target.tls_cipher,
         },
         "h2load": h2load_version(),
         "figures": figures,

@@ -80,6 +80,10 @@ class Target:
     #: Where a local server's files are (criteria may add files); None for ``--url``.
     #: A string, not a Path: targets travel as JSON to the fresh-process rounds.
     docroot: str | None = None
+    #: The TLS cipher suite h2pool negotiates with the server (OpenSSL's name),
+    #: once known: h2load is held to the same, so that its figures are a
+    #: ceiling for the same work.
+    tls_cipher: str | None = None
 
     @property
     def description(self) -> str:

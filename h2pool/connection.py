@@ -247,6 +247,8 @@ class Connection(asyncio.Protocol):
             selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
             self.tls_resumed = info.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
             info.tls_version = ssl_object.version() if ssl_object is not None else None
+            cipher = ssl_object.cipher() if ssl_object is not None else None
+            info.tls_cipher = cipher[0] if cipher is not None else None
             if self.config.coalesce_connections and ssl_object is not None:
                 self.certificate = CertificateNames.from_peercert(ssl_object.getpeercert())
             if selected != "h2":

@@ -27,7 +27,7 @@ _connection_ids = itertools.count(1)
 class ConnectionInfo:
     """What a tracer may know about one connection; filled in as set-up proceeds."""
 
-    __slots__ = ("id", "origin", "remote_address", "tls_resumed", "tls_version")
+    __slots__ = ("id", "origin", "remote_address", "tls_cipher", "tls_resumed", "tls_version")
 
     def __init__(self, origin: str) -> None:
         #: Unique within the process, in the order connections were dialled.
@@ -37,6 +37,8 @@ class ConnectionInfo:
         #: that has no socket).
         self.remote_address: str | None = None
         self.tls_version: str | None = None
+        #: The negotiated cipher suite, in OpenSSL's naming (``"TLS_AES_256_GCM_SHA384"``).
+        self.tls_cipher: str | None = None
         self.tls_resumed = False
 
     def __repr__(self) -> str:

@@ -195,6 +195,7 @@ async def test_connection_opened_reports_origin_peer_address_tls_version_and_a_u
     assert [info.origin for info in infos] == [nginx.origin] * 2
     assert [info.remote_address for info in infos] == ["127.0.0.1"] * 2
     assert [info.tls_version for info in infos] == ["TLSv1.3"] * 2
+    assert all(info.tls_cipher is not None and info.tls_cipher.startswith("TLS_") for info in infos)
     assert infos[0].id != infos[1].id
     assert all(seconds > 0 for _, seconds in opened)
 
