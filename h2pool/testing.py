@@ -154,6 +154,9 @@ class FakeSSLObject:
     def version(self) -> str:
         return "TLSv1.3"
 
+    def cipher(self) -> tuple[str, str, int]:
+        return ("TLS_AES_256_GCM_SHA384", "TLSv1.3", 256)
+
     def getpeercert(self) -> dict[str, Any]:
         """No verified certificate: a scripted connection is never coalesced with another host's."""
         return {}
