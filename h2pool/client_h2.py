@@ -351,6 +351,17 @@ class ClientH2Connection(h2.connection.H2Connection):
         self.incoming_buffer = _ClientFrameBuffer(server=False)
         self.state_machine.__class__ = _ConnectionStateMachine
         self._preface_seen = False
+        # The options that keep a header block off the fast paths, read once
+        # (each is a Python-level descriptor, read per request otherwise):
+        # h2pool never changes a connection's configuration after creating it.
+        self._plain_requests = config.client_side and not (
+            config.normalize_outbound_headers or config.validate_outbound_headers
+        )
+        self._plain_responses = not (
+            config.normalize_inbound_headers
+            or config.validate_inbound_headers
+            or isinstance(config.header_encoding, str)
+        )
         table = self._frame_dispatch_table
         for cls, quiet in _QUIET_FRAMES.items():
             if cls in table:
@@ -386,16 +397,13 @@ class ClientH2Connection(h2.connection.H2Connection):
         15 us. The same steps in the same order, on the same state machines,
         windows and encoder, with the frame bytes written directly.
         """
-        config = self.config
         if (
             stream_id in self.streams
             or priority_weight is not None
             or priority_depends_on is not None
             or priority_exclusive is not None
-            or config.normalize_outbound_headers
-            or config.validate_outbound_headers
-            or not config.client_side
-            or not _bytes_fields(headers)
+            or not self._plain_requests
+            or not _plain_request_fields(headers)
         ):
             super().send_headers(
                 stream_id, headers, end_stream, priority_weight, priority_depends_on, priority_exclusive
@@ -408,11 +416,8 @@ class ClientH2Connection(h2.connection.H2Connection):
         self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
         stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
         machine = stream.state_machine
-        machine.process_input(
-            StreamInputs.SEND_INFORMATIONAL_HEADERS
-            if not machine.client and is_informational_response(headers)
-            else StreamInputs.SEND_HEADERS
-        )
+        # No :status field: not an informational response, which h2 checks for.
+        machine.process_input(StreamInputs.SEND_HEADERS)
         block = self.encoder.encode(headers)
         if end_stream:
             machine.process_input(StreamInputs.SEND_END_STREAM)
@@ -467,14 +472,7 @@ class ClientH2Connection(h2.connection.H2Connection):
         if stream is None and stream_id % 2 == 0:
             # Push is disabled: a server never opens a stream (RFC 9113 §5.1.1, §8.4).
             raise h2.exceptions.ProtocolError(f"server sent HEADERS on stream {stream_id}, which it cannot open")
-        config = self.config
-        if (
-            stream is None
-            or "PRIORITY" in frame.flags
-            or config.normalize_inbound_headers
-            or config.validate_inbound_headers
-            or isinstance(config.header_encoding, str)
-        ):
+        if stream is None or "PRIORITY" in frame.flags or not self._plain_responses:
             return super()._receive_headers_frame(frame)
         return self._receive_stream_headers(stream, frame)
 
@@ -522,13 +520,17 @@ class ClientH2Connection(h2.connection.H2Connection):
         return [], [goaway_event(frame)]
 
 
-def _bytes_fields(headers: Any) -> bool:
-    """Whether ``headers`` is a non-empty list of (bytes, bytes) fields."""
+def _plain_request_fields(headers: Any) -> bool:
+    """Whether ``headers`` is a non-empty list of (bytes, bytes) fields with no ``:status``.
+
+    A ``:status`` would make it a response (informational or not), which h2's
+    own path refuses on a client's new stream.
+    """
     if type(headers) is not list or not headers:
         return False
     # A loop, not all() over a generator: half the time, once per request.
-    for name, value in headers:  # noqa: SIM110
-        if type(name) is not bytes or type(value) is not bytes:
+    for name, value in headers:
+        if type(name) is not bytes or type(value) is not bytes or name == b":status":
             return False
     return True
 

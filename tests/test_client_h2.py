@@ -408,6 +408,8 @@ REQUEST = st.tuples(
     st.booleans(),
     # Long enough for CONTINUATION at either frame size, or not.
     st.sampled_from([0, 1, 80]),
+    # A :status makes h2 take the block for a response (1xx: informational).
+    st.sampled_from([None, b"103", b"200"]),
 )
 
 
@@ -415,9 +417,10 @@ REQUEST = st.tuples(
 @given(requests=st.lists(REQUEST, max_size=6), max_frame_size=st.sampled_from([MAX_FRAME, 16_384 * 2]))
 def test_request_headers_are_sent_as_h2_sends_them(requests: list[tuple[Any, ...]], max_frame_size: int) -> None:
     ours, reference = _sender(max_frame_size), _sender(max_frame_size)
-    for stream_id, method, fields, end_stream, path_length in requests:
+    for stream_id, method, fields, end_stream, path_length, status in requests:
         # Long paths make blocks that need CONTINUATION frames.
         block = [
+            *([(b":status", status)] if status is not None else []),
             (b":method", method),
             (b":scheme", b"https"),
             (b":authority", b"a.test"),
