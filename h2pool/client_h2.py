@@ -31,6 +31,10 @@ import time, and is covered by tests that would fail if h2 changed under it:
 * **No exception per finished response.** Acknowledging data of a
   stream already forgotten returns the connection's window directly, where
   h2 raises and catches StreamClosedError.
+* **Short receive paths for the frames our buffer makes.** A joined DATA
+  run or a whole header block on a stream open for receiving takes h2's
+  steps directly, without the trace call, repr, dispatch and closed-stream
+  handling around them (which such a stream cannot need).
 * **Request HEADERS without frame objects.** Opening a stream with a list
   of bytes fields takes h2's steps on h2's state machines and encoder, and
   writes the HEADERS/CONTINUATION bytes directly; anything else (trailers,
@@ -127,6 +131,14 @@ _PADDED_OR_PRIORITY = _PADDED | 0x20
 _STREAM_FRAME_TYPES = (_DATA_TYPE, _HEADERS_TYPE)
 _QuietHeadersFrame = cast(type[HeadersFrame], _QUIET_FRAMES[HeadersFrame])
 _QuietDataFrame = cast(type[DataFrame], _QUIET_FRAMES[DataFrame])
+#: The frames :class:`_ClientFrameBuffer` makes itself, which carry END_STREAM
+#: as a plain bool too: a joined run of unpadded DATA, and a whole header
+#: block without padding or priority. Their type tells the connection that
+#: it may take its short paths for them.
+_RunDataFrame = cast(type[DataFrame], type("DataFrame", (_QuietDataFrame,), {"__slots__": ("end_stream",)}))
+_BlockHeadersFrame = cast(
+    type[HeadersFrame], type("HeadersFrame", (_QuietHeadersFrame,), {"__slots__": ("end_stream",)})
+)
 _DATA_FLAG_NAMES = frozenset(flag.name for flag in DataFrame.defined_flags)
 _HEADERS_FLAG_NAMES = frozenset(flag.name for flag in HeadersFrame.defined_flags)
 _new_object = object.__new__
@@ -153,7 +165,8 @@ def _data_frame(stream_id: int, payload: bytes, end_stream: bool) -> DataFrame:
     constructor and ``parse_body`` set; ``tests/test_client_h2.py`` compares
     them with hyperframe's.
     """
-    frame = _new_object(_QuietDataFrame)
+    frame = _new_object(_RunDataFrame)
+    frame.end_stream = end_stream  # type: ignore[attr-defined]
     frame.stream_id = stream_id
     frame.flags = _flags(_DATA_FLAG_NAMES, ("END_STREAM",) if end_stream else ())
     frame.pad_length = 0
@@ -164,7 +177,8 @@ def _data_frame(stream_id: int, payload: bytes, end_stream: bool) -> DataFrame:
 
 def _headers_frame(stream_id: int, block: bytes, end_stream: bool) -> HeadersFrame:
     """A parsed HEADERS frame with END_HEADERS and no padding or priority, as :func:`_data_frame` makes DATA."""
-    frame = _new_object(_QuietHeadersFrame)
+    frame = _new_object(_BlockHeadersFrame)
+    frame.end_stream = end_stream  # type: ignore[attr-defined]
     frame.stream_id = stream_id
     frame.flags = _flags(_HEADERS_FLAG_NAMES, ("END_HEADERS", "END_STREAM") if end_stream else ("END_HEADERS",))
     frame.pad_length = 0
@@ -336,6 +350,9 @@ class _ConnectionStateMachine(H2ConnectionStateMachine):
         return [] if func is None else cast(list[h2.events.Event], func())
 
 
+#: Stream states that take DATA and header blocks (RFC 9113 §5.1).
+_RECEIVING = frozenset((StreamState.OPEN, StreamState.HALF_CLOSED_LOCAL))
+
 _FinalHeadersEvent = h2.events.ResponseReceived | h2.events.TrailersReceived
 _HeadersEvent = _FinalHeadersEvent | h2.events.InformationalResponseReceived
 
@@ -366,6 +383,8 @@ class ClientH2Connection(h2.connection.H2Connection):
         for cls, quiet in _QUIET_FRAMES.items():
             if cls in table:
                 table[quiet] = table[cls]
+        table[_RunDataFrame] = table[DataFrame]
+        table[_BlockHeadersFrame] = table[HeadersFrame]
 
     def _begin_new_stream(self, stream_id: int, allowed_ids: AllowedStreamIDs) -> H2Stream:
         stream = super()._begin_new_stream(stream_id, allowed_ids)
@@ -461,10 +480,49 @@ class ClientH2Connection(h2.connection.H2Connection):
             if not isinstance(frame, SettingsFrame):
                 raise h2.exceptions.ProtocolError(f"the server's first frame was {type(frame).__name__}, not SETTINGS")
             self._preface_seen = True
-        quiet = _QUIET_FRAMES.get(frame.__class__)
+        kind = frame.__class__
+        if kind is _RunDataFrame or (kind is _BlockHeadersFrame and self._plain_responses):
+            # A stream open for receiving cannot raise the closed-stream
+            # errors h2's _receive_frame turns into RST_STREAM; anything else
+            # on these frames raises, or returns no frames to send, there too.
+            stream = self.streams.get(frame.stream_id)
+            if stream is not None and stream.state_machine.state in _RECEIVING:
+                if kind is _RunDataFrame:
+                    return self._receive_run(stream, cast(DataFrame, frame))
+                return self._receive_stream_headers(stream, cast(HeadersFrame, frame))[1]
+        quiet = _QUIET_FRAMES.get(kind)
         if quiet is not None:
             frame.__class__ = quiet
         return super()._receive_frame(frame)
+
+    def _receive_run(self, stream: H2Stream, frame: DataFrame) -> list[h2.events.Event]:
+        """h2's steps for DATA on a stream open for receiving, for a run our frame buffer joined.
+
+        A run is unpadded, so its flow-controlled length is its length. The
+        steps of ``_receive_frame``, ``_receive_data_frame`` and
+        ``H2Stream.receive_data``, in their order, without the trace call,
+        the frame's repr, the stream look-up and the closed-stream handling
+        that a stream in this state cannot need: about 2 us of each DATA
+        event, several times that when the caches are cold between
+        sequential requests.
+        """
+        data = frame.data
+        length = len(data)
+        end_stream: bool = frame.end_stream  # type: ignore[attr-defined]
+        events = self.state_machine.process_input(ConnectionInputs.RECV_DATA)
+        self._inbound_flow_control_window_manager.window_consumed(length)
+        machine = stream.state_machine
+        stream_events = machine.process_input(StreamInputs.RECV_DATA)
+        data_event = cast(h2.events.DataReceived, stream_events[0])
+        stream._inbound_window_manager.window_consumed(length)
+        stream._track_content_length(length, end_stream)
+        if end_stream:
+            ended = machine.process_input(StreamInputs.RECV_END_STREAM)
+            data_event.stream_ended = cast(h2.events.StreamEnded, ended[0])
+            stream_events += ended
+        data_event.data = data
+        data_event.flow_controlled_length = length
+        return events + stream_events
 
     def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
         stream_id = frame.stream_id
