@@ -52,7 +52,10 @@ class SlotLedger:
         """Slots that may still be reserved."""
         if not self.accepting or self.degraded:
             return 0
-        return max(0, min(self.peer_limit, self.local_cap) - self.open - self.reserved)
+        # Comparisons, not min() and max(): several calls per request.
+        limit = self.peer_limit if self.peer_limit < self.local_cap else self.local_cap
+        free = limit - self.open - self.reserved
+        return free if free > 0 else 0
 
     def reserve(self) -> None:
         if self.free <= 0:
