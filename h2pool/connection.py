@@ -186,6 +186,8 @@ class Connection(asyncio.Protocol):
         self.last_read = self.loop.time()
         #: Round trip of the last answered PING, in seconds.
         self.ping_rtt: float | None = None
+        #: When our preface SETTINGS left, until their ACK (see _on_settings_acked).
+        self._settings_sent_at: float | None = None
         self._ping_payload: bytes | None = None
         self._ping_sent_at = 0.0
         self._pings = 0
@@ -260,6 +262,7 @@ class Connection(asyncio.Protocol):
                 )
                 return
         self._h2.initiate_connection()
+        self._settings_sent_at = self.loop.time()
         self.receive_window = self._budget.grant(self.config.connection_window, floor=MIN_CONNECTION_WINDOW)
         if self.receive_window > MIN_CONNECTION_WINDOW:
             self._h2.increment_flow_control_window(self.receive_window - MIN_CONNECTION_WINDOW)
@@ -433,6 +436,13 @@ class Connection(asyncio.Protocol):
             self.fail_stream(stream, not_processed(self.goaway.for_stream(stream.stream_id)))
             self._release_slot(stream)
         self._wake_open_waiters()
+
+    def _on_settings_acked(self, event: h2.events.SettingsAcknowledged) -> None:
+        # The first ACK answers our preface: a round trip to seed the window
+        # sampler with before its first sample.
+        sent_at, self._settings_sent_at = self._settings_sent_at, None
+        if sent_at is not None and self._bdp is not None:
+            self._bdp.seed_rtt(self.loop.time() - sent_at)
 
     def _on_ping_ack(self, event: h2.events.PingAckReceived) -> None:
         if event.ping_data == _BDP_PING and self._bdp is not None:
@@ -677,8 +687,11 @@ class Connection(asyncio.Protocol):
     def consumed(self, stream: StreamState, size: int, flow_controlled_length: int) -> None:
         """The consumer took ``size`` bytes of data: hand their window back to the peer."""
         self.buffered -= size
-        if self._bdp is not None:
-            self._bdp.on_consumed(flow_controlled_length)
+        bdp = self._bdp
+        if bdp is not None and bdp.sampling:
+            grown = bdp.on_consumed(flow_controlled_length, self.loop.time())
+            if grown is not None and self.error is None:
+                self._grow_windows(grown)
         if flow_controlled_length and self.error is None:
             self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
             # Small acknowledgements only add up in h2 until a WINDOW_UPDATE
@@ -910,4 +923,5 @@ _HANDLERS: dict[type[h2.events.Event], Any] = {
     h2.events.RemoteSettingsChanged: Connection._on_settings,
     h2.events.ConnectionTerminated: Connection._on_goaway,
     h2.events.PingAckReceived: Connection._on_ping_ack,
+    h2.events.SettingsAcknowledged: Connection._on_settings_acked,
 }

@@ -9,7 +9,10 @@ at the configured size and grow only when measured to be the bottleneck:
   while DATA flows, one PING is sent and the bytes consumed until its ACK
   are a sample of the bandwidth-delay product. A sample that fills most of
   the current window means the window, not the network, limits the
-  transfer: the window grows sixteenfold, up to a cap.
+  transfer: the window grows sixteenfold, up to a cap. With a round trip
+  already known (from an earlier sample, or from the SETTINGS exchange
+  that opens the connection), a sample that fills two thirds of the window
+  in under half a round trip decides at once instead of at its ACK.
 * :class:`WindowBudget` keeps the windows advertised by all connections of a
   pool within ``receive_buffer_budget``. Received data is acknowledged only
   as consumers read it, so the sum of connection windows bounds what the
@@ -46,7 +49,7 @@ class BdpEstimator:
     grow its window to the cap for nothing.
     """
 
-    __slots__ = ("_cap", "_pinged_at", "_sampled", "_unsampled", "rtt", "window")
+    __slots__ = ("_cap", "_decided", "_pinged_at", "_sampled", "_unsampled", "rtt", "window")
 
     #: Growth per window-limited sample. Large steps on purpose: each step
     #: costs two round trips (the sample, then SETTINGS reaching the server),
@@ -60,7 +63,9 @@ class BdpEstimator:
         self._unsampled = 0
         self._sampled = 0
         self._pinged_at: float | None = None
-        #: Round trip of the last sample, in seconds.
+        #: The sample in flight has already grown the window (see :meth:`on_consumed`).
+        self._decided = False
+        #: Round trip of the last sample (or, before one, of the SETTINGS exchange), in seconds.
         self.rtt: float | None = None
 
     def on_data(self, size: int) -> bool:
@@ -74,10 +79,39 @@ class BdpEstimator:
         self._sampled = 0
         return True
 
-    def on_consumed(self, size: int) -> None:
-        """Count DATA the consumer took."""
-        if self._pinged_at is not None:
-            self._sampled += size
+    @property
+    def sampling(self) -> bool:
+        """Whether a sample's PING is in flight (consumption counts towards it)."""
+        return self._pinged_at is not None
+
+    def seed_rtt(self, rtt: float) -> None:
+        """A round trip measured before any sample (the SETTINGS exchange): lets the first sample end early."""
+        if self.rtt is None:
+            self.rtt = rtt
+
+    def on_consumed(self, size: int, now: float | None = None) -> int | None:
+        """Count DATA the consumer took; the new window if the sample in flight already shows it should grow.
+
+        A sample that reaches two thirds of the window in under half a
+        known round trip would reach it by the ACK whatever happens next:
+        the window is the limit, and growing now saves the rest of the
+        round trip. (At 40 ms that is most of a round trip, since a
+        window-limited burst arrives in a few milliseconds.)
+        """
+        if self._pinged_at is None:
+            return None
+        self._sampled += size
+        if (
+            self._decided
+            or now is None
+            or self.rtt is None
+            or now - self._pinged_at >= self.rtt / 2
+            or self._sampled * 3 < self.window * 2
+        ):
+            return None
+        grown = self._grown(self._sampled)
+        self._decided = grown is not None
+        return grown
 
     def pinged(self, now: float) -> None:
         self._pinged_at = now
@@ -89,9 +123,17 @@ class BdpEstimator:
         self.rtt = now - self._pinged_at
         self._pinged_at = None
         sample, self._sampled = self._sampled, 0
+        if self._decided:
+            # The window grew during the sample already.
+            self._decided = False
+            return None
         if sample * 3 < self.window * 2:
             # The network or the consumer, not the window, was the limit.
             return None
+        return self._grown(sample)
+
+    def _grown(self, sample: int) -> int | None:
+        """Take the grown window for a window-limited ``sample``, unless at the cap."""
         grown = min(self._cap, max(self.window, sample) * self.GROWTH)
         if grown <= self.window:
             return None

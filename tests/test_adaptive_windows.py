@@ -325,6 +325,22 @@ async def test_windows_grow_on_a_window_limited_transfer(
     assert round_trip is not None and round_trip >= 2 * DELAY
 
 
+async def test_the_settings_exchange_times_a_round_trip_before_any_sample(
+    delayed_nginx: DelayProxyProcess, certs: Certs, docroot_with_big_files: tuple[Path, BigFile]
+) -> None:
+    async with Pool(certs.client_ssl_context(), **ADAPTIVE) as pool:
+        await pool.prewarm([delayed_nginx.origin])
+        (conn,) = connections_of(pool)
+        await asyncio.wait_for(conn.settled, 5)
+        # The ACK of our preface SETTINGS may follow the server's own SETTINGS.
+        for _ in range(100):
+            if conn._bdp is not None and conn._bdp.rtt is not None:
+                break
+            await asyncio.sleep(0.01)
+        assert conn._bdp is not None and not conn._bdp.sampling
+        assert conn._bdp.rtt is not None and conn._bdp.rtt >= 2 * DELAY
+
+
 async def test_consumer_that_reads_nothing_does_not_ratchet_its_window_up(
     delayed_nginx: DelayProxyProcess, certs: Certs, docroot_with_big_files: tuple[Path, BigFile]
 ) -> None:

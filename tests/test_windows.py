@@ -96,6 +96,58 @@ def test_consumption_of_a_window_in_the_round_trip_grows_it_sixteenfold() -> Non
     assert bdp.window == 16 * window
 
 
+def test_two_thirds_of_the_window_consumed_in_half_a_known_round_trip_grows_it_at_once() -> None:
+    bdp = BdpEstimator(window=MIB, cap=16 * MIB)
+    bdp.seed_rtt(0.04)
+    start_sample(bdp, at=10.0)
+
+    assert bdp.on_consumed(MIB // 2, now=10.002) is None
+    assert bdp.on_consumed(MIB // 4, now=10.004) == 16 * MIB
+    assert bdp.window == 16 * MIB
+
+
+def test_without_a_known_round_trip_a_sample_waits_for_its_ack() -> None:
+    bdp = BdpEstimator(window=MIB, cap=16 * MIB)
+    start_sample(bdp, at=10.0)
+
+    assert bdp.on_consumed(MIB, now=10.001) is None
+    assert bdp.on_ack(10.04) == 16 * MIB
+
+
+def test_consumption_slower_than_half_a_round_trip_waits_for_the_ack() -> None:
+    bdp = BdpEstimator(window=MIB, cap=16 * MIB)
+    bdp.seed_rtt(0.04)
+    start_sample(bdp, at=10.0)
+
+    assert bdp.on_consumed(MIB, now=10.025) is None
+    assert bdp.window == MIB
+    assert bdp.on_ack(10.04) == 16 * MIB
+
+
+def test_the_ack_after_an_early_growth_grows_nothing_more_and_times_the_round_trip() -> None:
+    bdp = BdpEstimator(window=64 * KIB, cap=64 * MIB)
+    bdp.seed_rtt(0.04)
+    start_sample(bdp, at=10.0)
+    assert bdp.on_consumed(64 * KIB, now=10.001) == MIB
+    assert bdp.on_consumed(64 * KIB, now=10.002) is None
+
+    assert bdp.on_ack(10.05) is None
+    assert bdp.window == MIB
+    assert bdp.rtt == pytest.approx(0.05)
+    # The next sample starts afresh and may grow the window again.
+    start_sample(bdp, at=11.0)
+    assert bdp.on_consumed(MIB, now=11.001) == 16 * MIB
+
+
+def test_a_seeded_round_trip_never_replaces_a_measured_one() -> None:
+    bdp = BdpEstimator(window=128 * KIB, cap=16 * MIB)
+    start_sample(bdp, at=5.0)
+    bdp.on_ack(5.25)
+
+    bdp.seed_rtt(0.001)
+    assert bdp.rtt == pytest.approx(0.25)
+
+
 def test_arrivals_that_nobody_reads_do_not_grow_the_window() -> None:
     # A consumer that does not read: whole windows arrive and sit buffered.
     window = 128 * KIB
