@@ -246,15 +246,12 @@ class _ClientFrameBuffer(FrameBuffer):
             # (for DATA and HEADERS on a stream that cannot fail) and drop it.
             # A socket read ends mid-frame nearly every time in a download.
             raise StopIteration
+        # From here a DATA or HEADERS frame on a stream is complete.
         if stream_id and not self._headers_buffer:
             if kind == _DATA_TYPE and not flags & _PADDED:
-                run = self._data_run(stream_id)
-                if run is not None:
-                    return run
-            elif kind == _HEADERS_TYPE and flags & _END_HEADERS and not flags & _PADDED_OR_PRIORITY:
-                end = 9 + length
-                if len(data) >= end:
-                    return self._whole_header_block(stream_id, flags, end)
+                return self._data_run(stream_id)
+            if kind == _HEADERS_TYPE and flags & _END_HEADERS and not flags & _PADDED_OR_PRIORITY:
+                return self._whole_header_block(stream_id, flags, 9 + length)
         return super().__next__()
 
     def _whole_header_block(self, stream_id: int, flags: int, end: int) -> HeadersFrame:
@@ -264,7 +261,8 @@ class _ClientFrameBuffer(FrameBuffer):
         del data[:end]
         return frame
 
-    def _data_run(self, stream_id: int) -> DataFrame | None:
+    def _data_run(self, stream_id: int) -> DataFrame:
+        """The complete, unpadded DATA frame at the front and those that continue its run, as one frame."""
         data = self._data
         buffered, limit = len(data), self.max_frame_size
         spans: list[tuple[int, int]] = []
@@ -287,8 +285,6 @@ class _ClientFrameBuffer(FrameBuffer):
             if flags & _END_STREAM:
                 end_stream = True
                 break
-        if not spans:
-            return None
         view = memoryview(data)
         payload = b"".join([view[start:stop] for start, stop in spans])
         view.release()
