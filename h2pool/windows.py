@@ -52,7 +52,7 @@ class BdpEstimator:
     __slots__ = ("_cap", "_decided", "_pinged_at", "_sampled", "_unsampled", "rtt", "window")
 
     #: Growth per window-limited sample. Large steps on purpose: each step
-    #: costs two round trips (the sample, then SETTINGS reaching the server),
+    #: costs up to two round trips (the sample, then SETTINGS reaching the server),
     #: so doubling from 1 MiB to 16 MiB would cost eight.
     GROWTH = 16
 
@@ -101,13 +101,7 @@ class BdpEstimator:
         if self._pinged_at is None:
             return None
         self._sampled += size
-        if (
-            self._decided
-            or now is None
-            or self.rtt is None
-            or now - self._pinged_at >= self.rtt / 2
-            or self._sampled * 3 < self.window * 2
-        ):
+        if self._decided or now is None or self.rtt is None or now - self._pinged_at >= self.rtt / 2:
             return None
         grown = self._grown(self._sampled)
         self._decided = grown is not None
@@ -127,13 +121,13 @@ class BdpEstimator:
             # The window grew during the sample already.
             self._decided = False
             return None
-        if sample * 3 < self.window * 2:
-            # The network or the consumer, not the window, was the limit.
-            return None
         return self._grown(sample)
 
     def _grown(self, sample: int) -> int | None:
-        """Take the grown window for a window-limited ``sample``, unless at the cap."""
+        """Take the grown window if ``sample`` shows the window was the limit, unless at the cap."""
+        if sample * 3 < self.window * 2:
+            # The network or the consumer, not the window, was the limit.
+            return None
         grown = min(self._cap, max(self.window, sample) * self.GROWTH)
         if grown <= self.window:
             return None
