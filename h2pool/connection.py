@@ -246,13 +246,15 @@ class Connection(asyncio.Protocol):
             info.remote_address = peer[0]
         if self.origin.scheme == "https":
             ssl_object = transport.get_extra_info("ssl_object")
-            selected = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-            self.tls_resumed = info.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
-            info.tls_version = ssl_object.version() if ssl_object is not None else None
-            cipher = ssl_object.cipher() if ssl_object is not None else None
-            info.tls_cipher = cipher[0] if cipher is not None else None
-            if self.config.coalesce_connections and ssl_object is not None:
-                self.certificate = CertificateNames.from_peercert(ssl_object.getpeercert())
+            selected = None
+            if ssl_object is not None:
+                selected = ssl_object.selected_alpn_protocol()
+                self.tls_resumed = info.tls_resumed = bool(getattr(ssl_object, "session_reused", False))
+                info.tls_version = ssl_object.version()
+                cipher = ssl_object.cipher()
+                info.tls_cipher = cipher[0] if cipher is not None else None
+                if self.config.coalesce_connections:
+                    self.certificate = CertificateNames.from_peercert(ssl_object.getpeercert())
             if selected != "h2":
                 self._fail(
                     ALPNError(
@@ -692,12 +694,7 @@ class Connection(asyncio.Protocol):
             grown = bdp.on_consumed(flow_controlled_length, self.loop.time())
             if grown is not None and self.error is None:
                 self._grow_windows(grown)
-        if flow_controlled_length and self.error is None:
-            self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
-            # Small acknowledgements only add up in h2 until a WINDOW_UPDATE
-            # is due: no flush (a loop callback per response) before then.
-            if self._h2.has_data_to_send:
-                self._schedule_flush()
+        self._acknowledge(stream, flow_controlled_length)
 
     def finish(self, stream: StreamState, error_code: ErrorCodes = ErrorCodes.CANCEL) -> None:
         """The handle is done with ``stream``: reset it if still open, return unread window."""
@@ -714,8 +711,14 @@ class Connection(asyncio.Protocol):
             self._release_slot(stream)
         _, size, unread = stream.take_all()
         self.buffered -= size
-        if unread and self.error is None:
-            self._h2.acknowledge_received_data(unread, stream.stream_id)
+        self._acknowledge(stream, unread)
+
+    def _acknowledge(self, stream: StreamState, flow_controlled_length: int) -> None:
+        """Give the window of ``flow_controlled_length`` bytes of ``stream`` back to the peer."""
+        if flow_controlled_length and self.error is None:
+            self._h2.acknowledge_received_data(flow_controlled_length, stream.stream_id)
+            # Small acknowledgements only add up in h2 until a WINDOW_UPDATE
+            # is due: no flush (a loop callback per response) before then.
             if self._h2.has_data_to_send:
                 self._schedule_flush()
 
