@@ -10,7 +10,7 @@ more than the stream's window.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 
 from .deadlines import Deadlines
 from .exceptions import H2PoolError
@@ -135,27 +135,39 @@ class StreamState:
         self.buffered = self.unacknowledged = 0
         return chunks, size, flow
 
-    async def wait_readable(self, deadlines: Deadlines, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+    def wait_readable(
+        self, deadlines: Deadlines, timeout: float, make_error: Callable[[], H2PoolError]
+    ) -> Coroutine[None, None, None]:
         """Wait until the reader has something new; after ``timeout`` s raise ``make_error()``."""
         if self._reader is not None:
             # Two readers would each get part of the body, in no useful order.
             raise RuntimeError(f"stream {self.stream_id}: another task is already reading it")
         self._reader = waiter = deadlines.loop.create_future()
-        deadlines.add(waiter, timeout, make_error)
-        try:
-            await waiter
-        finally:
-            self._reader = None
-            deadlines.discard(waiter)
+        return self._wait(waiter, deadlines, timeout, make_error)
 
-    async def wait_sendable(self, deadlines: Deadlines, timeout: float, make_error: Callable[[], H2PoolError]) -> None:
+    def wait_sendable(
+        self, deadlines: Deadlines, timeout: float, make_error: Callable[[], H2PoolError]
+    ) -> Coroutine[None, None, None]:
         """Wait for flow-control window (or an error); after ``timeout`` s raise ``make_error()``."""
         if self._sender is not None:
             raise RuntimeError(f"stream {self.stream_id}: another task is already sending on it")
         self._sender = waiter = deadlines.loop.create_future()
+        return self._wait(waiter, deadlines, timeout, make_error)
+
+    async def _wait(
+        self,
+        waiter: asyncio.Future[None],
+        deadlines: Deadlines,
+        timeout: float,
+        make_error: Callable[[], H2PoolError],
+    ) -> None:
+        """Await ``waiter`` (the reader's or the sender's) within ``timeout``, then let it go."""
         deadlines.add(waiter, timeout, make_error)
         try:
             await waiter
         finally:
-            self._sender = None
             deadlines.discard(waiter)
+            if self._reader is waiter:
+                self._reader = None
+            else:
+                self._sender = None
